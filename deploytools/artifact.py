@@ -1,0 +1,210 @@
+"""Build the release artifact once, locally: a tar stream plus its manifest.
+
+The artifact is the exact set of files every host receives. It never contains
+`.git`, `__pycache__` or `*.pyc`/`*.pyo` (bytecode is produced for the target
+interpreter on purpose, never carried along by accident). The manifest records
+the sha256 of every file, so `verify` can prove later that a release is intact.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import getpass
+import hashlib
+import io
+import os
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from deploytools import __version__
+from deploytools.errors import ConfigError
+
+ALWAYS_EXCLUDED = (".git", "__pycache__", "*.pyc", "*.pyo")
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "deploytools"
+
+
+@dataclass
+class Artifact:
+    """A built release: id, revision, the tar file and the manifest."""
+
+    release_id: str
+    revision: str
+    ref: str | None
+    source: str
+    tar: IO[bytes]
+    size: int
+    manifest: dict[str, Any]
+
+    def stream(self) -> Iterator[bytes]:
+        """The tar bytes, from the start (each host gets its own pass over the file)."""
+        offset = 0
+        while offset < self.size:
+            block = os.pread(self.tar.fileno(), 1 << 20, offset)
+            if not block:
+                break
+            offset += len(block)
+            yield block
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+def excluded(relpath: str, patterns: tuple[str, ...]) -> bool:
+    """True when a path or any of its parent directories matches a pattern."""
+    parts = relpath.split("/")
+    for pattern in ALWAYS_EXCLUDED + tuple(p.rstrip("/") for p in patterns):
+        if fnmatch.fnmatch(relpath, pattern) or any(fnmatch.fnmatch(p, pattern) for p in parts):
+            return True
+        if any(fnmatch.fnmatch("/".join(parts[:i]), pattern) for i in range(1, len(parts))):
+            return True
+    return False
+
+
+def make_release_id(now: float, revision: str | None) -> str:
+    """UTC timestamp plus short sha: sorting release ids by name sorts them by time."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    return f"{stamp}-{revision[:7]}" if revision else stamp
+
+
+def build_artifact(source: Mapping[str, Any], ref: str | None = None,
+                   now: float | None = None) -> Artifact:
+    """Build from `source.repo` at `ref` (git) or from `source.path` (a directory)."""
+    now = time.time() if now is None else now
+    patterns = tuple(source.get("exclude") or ())
+    if source.get("repo"):
+        ref = ref or source.get("ref") or "HEAD"
+        repo = _local_repo(source["repo"])
+        revision = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
+                        what=f"ref {ref!r} not found in {source['repo']}").strip()
+        archive = subprocess.run(["git", "-C", repo, "archive", "--format=tar", revision],
+                                 capture_output=True, check=False)
+        if archive.returncode:
+            raise ConfigError(f"git archive failed: {archive.stderr.decode().strip()}")
+        members = _from_tar(archive.stdout, patterns)
+        release_id = make_release_id(now, revision)
+        origin = source["repo"]
+    elif source.get("path"):
+        root = Path(source["path"])
+        if not root.is_dir():
+            raise ConfigError(f"source.path {root} is not a directory")
+        members = _from_directory(root, patterns)
+        revision = None
+        release_id = make_release_id(now, None)
+        origin = str(root)
+        ref = None
+    else:
+        raise ConfigError("no source: set source.repo or source.path in the inventory")
+    tar, size, files = _write_tar(members)
+    if revision is None:
+        digest = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(files.items())).encode())
+        revision = "sha256:" + digest.hexdigest()
+    manifest = {
+        "id": release_id,
+        "revision": revision,
+        "ref": ref,
+        "source": origin,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "deployed_by": f"{getpass.getuser()}@{socket.gethostname()}",
+        "deploytools": __version__,
+        "files": files,
+    }
+    return Artifact(release_id, revision, ref, origin, tar, size, manifest)
+
+
+# --------------------------------------------------------------------------- sources
+
+_Member = tuple[tarfile.TarInfo, bytes | None]
+
+
+def _git(repo: str, *args: str, what: str) -> str:
+    done = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise ConfigError(what)
+    return done.stdout
+
+
+def _local_repo(repo: str) -> str:
+    """A local path is used as is; a URL is mirrored once into the cache and fetched."""
+    if os.path.isdir(repo):
+        return repo
+    if "://" not in repo and "@" not in repo:
+        raise ConfigError(f"source.repo {repo} is not a directory or a git URL")
+    mirror = CACHE_DIR / "git" / hashlib.sha1(repo.encode()).hexdigest()[:16]
+    if mirror.is_dir():
+        command = ["git", "-C", str(mirror), "remote", "update", "--prune"]
+    else:
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        command = ["git", "clone", "--quiet", "--mirror", repo, str(mirror)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise ConfigError(f"cannot fetch {repo}: {done.stderr.strip()}")
+    return str(mirror)
+
+
+def _from_tar(data: bytes, patterns: tuple[str, ...]) -> list[_Member]:
+    members: list[_Member] = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        for info in archive:
+            name = info.name.rstrip("/")
+            if name in ("", "pax_global_header") or excluded(name, patterns):
+                continue
+            info.name = name
+            body = archive.extractfile(info).read() if info.isfile() else None
+            members.append((info, body))
+    return members
+
+
+def _from_directory(root: Path, patterns: tuple[str, ...]) -> list[_Member]:
+    members: list[_Member] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        dirnames[:] = sorted(d for d in dirnames
+                             if not excluded(os.path.join(rel_dir, d), patterns))
+        for name in sorted(filenames) + [d for d in dirnames
+                                         if os.path.islink(os.path.join(dirpath, d))]:
+            rel = os.path.join(rel_dir, name)
+            if excluded(rel, patterns):
+                continue
+            full = os.path.join(dirpath, name)
+            info = tarfile.TarInfo(rel)
+            stat = os.lstat(full)
+            info.mtime = int(stat.st_mtime)
+            info.mode = stat.st_mode & 0o7777
+            if os.path.islink(full):
+                info.type = tarfile.SYMTYPE
+                info.linkname = os.readlink(full)
+                members.append((info, None))
+            elif os.path.isfile(full):
+                body = Path(full).read_bytes()
+                info.size = len(body)
+                members.append((info, body))
+    return members
+
+
+def _write_tar(members: list[_Member]) -> tuple[IO[bytes], int, dict[str, str]]:
+    """Write a plain tar (uid/gid root, names sorted) and hash every file."""
+    files: dict[str, str] = {}
+    out = tempfile.TemporaryFile(prefix="deploytools-artifact-")
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for info, body in sorted(members, key=lambda m: m[0].name):
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if info.isfile() and body is not None:
+                files[info.name] = hashlib.sha256(body).hexdigest()
+                archive.addfile(info, io.BytesIO(body))
+            elif info.issym():
+                files[info.name] = "symlink:" + info.linkname
+                archive.addfile(info)
+            elif info.isdir():
+                archive.addfile(info)
+    size = out.tell()
+    out.seek(0)
+    return out, size, files

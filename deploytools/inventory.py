@@ -1,0 +1,450 @@
+"""Inventory: YAML in, validated and typed `Host` objects out.
+
+The inventory is the one file an operator edits, so every mistake in it must be
+reported as a single line naming the file, the key path
+(``groups.prod.hosts.web1.port``) and what was expected, before anything touches
+a host. Settings merge host > group vars > defaults; maps merge key by key,
+everything else is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deploytools.errors import ConfigError, InventoryError
+
+DEFAULT_INVENTORY = "inventory.yaml"
+INVENTORY_ENV = "DEPLOYTOOLS_INVENTORY"
+
+BYTECODE_MODES = ("precompile", "clear", "off")
+PYC_INVALIDATION_MODES = ("checked-hash", "timestamp", "unchecked-hash")
+SYSTEM_DIRS = frozenset(
+    "/ /bin /boot /dev /etc /home /lib /lib64 /opt /proc /root /run /sbin /srv /sys /tmp /usr "
+    "/usr/bin /usr/lib /usr/local /var /var/lib /var/www".split()
+)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# --------------------------------------------------------------------------- schema
+# A validator takes (value, key path) and returns the cleaned value or raises
+# _Invalid(expectation). The schema is data, so the example inventory, the
+# validation and the error messages cannot drift apart.
+
+
+class _Invalid(Exception):
+    def __init__(self, expected: str, path: str | None = None) -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.path = path
+
+
+Validator = Callable[[Any, str], Any]
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"expected a non-empty string, got {_describe(value)}")
+    return value
+
+
+def _boolean(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _integer(low: int, high: int) -> Validator:
+    def check(value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _Invalid(f"expected an integer from {low} to {high}, got {_describe(value)}")
+        return value
+
+    return check
+
+
+def _number(low: float, high: float) -> Validator:
+    def check(value: Any, path: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            low <= value <= high
+        ):
+            raise _Invalid(f"expected a number from {low} to {high}, got {_describe(value)}")
+        return float(value)
+
+    return check
+
+
+def _choice(*options: str) -> Validator:
+    def check(value: Any, path: str) -> str:
+        if value not in options:
+            raise _Invalid(f"expected one of {', '.join(options)}, got {_describe(value)}")
+        return value
+
+    return check
+
+
+def _list_of(item: Validator) -> Validator:
+    def check(value: Any, path: str) -> tuple:
+        if isinstance(value, str) or not isinstance(value, list):
+            raise _Invalid(f"expected a list, got {_describe(value)}")
+        return tuple(item(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+    return check
+
+
+def _absolute_path(value: Any, path: str) -> str:
+    text = _string(value, path)
+    if not text.startswith("/"):
+        raise _Invalid(f"expected an absolute path, got {_describe(value)}")
+    if any(part == ".." for part in text.split("/")):
+        raise _Invalid(f"expected a path without '..', got {_describe(value)}")
+    if "\n" in text or "\0" in text:
+        raise _Invalid("expected a path without newlines or NUL bytes")
+    return text
+
+
+def _deploy_to(value: Any, path: str) -> str:
+    text = _absolute_path(value, path).rstrip("/") or "/"
+    if text in SYSTEM_DIRS:
+        raise _Invalid(f"expected a dedicated directory, not the system directory {text!r}")
+    return text
+
+
+def _relative_path(value: Any, path: str) -> str:
+    text = _string(value, path)
+    parts = text.split("/")
+    if text.startswith("/") or any(p in ("..", "") for p in parts) or "\0" in text:
+        raise _Invalid(f"expected a relative path inside the release, got {_describe(value)}")
+    return text
+
+
+def _scalar_map(value: Any, path: str) -> dict:
+    if not isinstance(value, dict):
+        raise _Invalid(f"expected a mapping, got {_describe(value)}")
+    for key, item in value.items():
+        if not isinstance(key, str) or isinstance(item, (dict, list)) or item is None:
+            raise _Invalid(
+                f"expected a mapping of names to strings/numbers, got {_describe({key: item})}",
+                f"{path}.{key}",
+            )
+    return dict(value)
+
+
+Schema = Mapping[str, Any]  # key -> Validator or nested Schema
+
+SOURCE_SCHEMA: Schema = {
+    "repo": _string,
+    "ref": _string,
+    "path": _string,
+    "exclude": _list_of(_string),
+}
+SUPERVISOR_SCHEMA: Schema = {
+    "programs": _list_of(_string),
+    "sudo": _boolean,
+    "conf": _absolute_path,
+    "serverurl": _string,
+    "supervisorctl": _string,
+    "stop_timeout": _number(1, 3600),
+    "start_timeout": _number(1, 3600),
+}
+HEALTH_SCHEMA: Schema = {
+    "url": _string,
+    "expect_status": _integer(100, 599),
+    "expect_json": _scalar_map,
+    "expect_text": _string,
+    "timeout": _number(0.1, 3600),
+    "interval": _number(0.01, 600),
+    "request_timeout": _number(0.1, 600),
+}
+SSH_SCHEMA: Schema = {
+    "user": _string,
+    "port": _integer(1, 65535),
+    "identity": _string,
+    "known_hosts": _string,
+    "connect_timeout": _number(0.1, 600),
+    "command_timeout": _number(1, 86400),
+    "accept_new_host_keys": _boolean,
+}
+SETTINGS_SCHEMA: Schema = {
+    "deploy_to": _deploy_to,
+    "keep_releases": _integer(1, 1000),
+    "python": _string,
+    "bytecode": _choice(*BYTECODE_MODES),
+    "pyc_invalidation": _choice(*PYC_INVALIDATION_MODES),
+    "source": SOURCE_SCHEMA,
+    "supervisor": SUPERVISOR_SCHEMA,
+    "health": HEALTH_SCHEMA,
+    "ssh": SSH_SCHEMA,
+    "lock_expiry": _number(1, 7 * 86400),
+}
+HOST_SCHEMA: Schema = {"host": _string, "port": _integer(1, 65535), "user": _string}
+HOST_SCHEMA = {**HOST_SCHEMA, **SETTINGS_SCHEMA}
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "keep_releases": 5,
+    "python": "python3",
+    "bytecode": "precompile",
+    "pyc_invalidation": "checked-hash",
+    "source": {"ref": "HEAD", "exclude": ()},
+    "supervisor": {"programs": (), "sudo": False, "stop_timeout": 60, "start_timeout": 60},
+    "health": {"expect_status": 200, "timeout": 30.0, "interval": 1.0, "request_timeout": 5.0},
+    "ssh": {
+        "port": 22,
+        "connect_timeout": 10.0,
+        "command_timeout": 900.0,
+        "accept_new_host_keys": False,
+    },
+    "lock_expiry": 3600.0,
+}
+
+
+def _validate(data: Any, schema: Schema, path: str) -> dict:
+    """Check a mapping against a schema; unknown keys are errors (typos must not pass)."""
+    if not isinstance(data, dict):
+        raise _Invalid(f"expected a mapping, got {_describe(data)}", path)
+    clean: dict[str, Any] = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        rule = schema.get(key) if isinstance(key, str) else None
+        if rule is None:
+            known = ", ".join(sorted(schema))
+            raise _Invalid(f"unknown key {key!r} (known keys: {known})", key_path)
+        try:
+            if isinstance(rule, Mapping):
+                clean[key] = _validate(value, rule, key_path)
+            else:
+                clean[key] = rule(value, key_path)
+        except _Invalid as exc:
+            if exc.path is None:
+                exc.path = key_path
+            raise
+    return clean
+
+
+def merge_settings(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge settings: nested maps merge key by key, other values replace."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_settings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host of the inventory with its fully merged settings."""
+
+    name: str
+    address: str
+    port: int
+    user: str | None
+    groups: tuple[str, ...]
+    settings: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def deploy_to(self) -> str:
+        return self.settings["deploy_to"]
+
+    @property
+    def python(self) -> str:
+        return self.settings["python"]
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        """Read a setting by dotted path, e.g. ``host.get("health.url")``."""
+        node: Any = self.settings
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The parsed inventory: every host by name, and group memberships in file order."""
+
+    file: str
+    hosts: dict[str, Host]
+    groups: dict[str, tuple[str, ...]]
+
+    def select(self, spec: str | None) -> list[Host]:
+        """Resolve ``--hosts``: ``all``, a group name, host names, or a comma list of both."""
+        if not spec:
+            raise ConfigError(
+                f"no hosts selected: pass --hosts with one of: all, {self._known_names()}"
+            )
+        chosen: dict[str, Host] = {}
+        for token in (t.strip() for t in spec.split(",")):
+            if not token:
+                continue
+            if token == "all":
+                names: tuple[str, ...] = tuple(self.hosts)
+            elif token in self.groups:
+                names = self.groups[token]
+            elif token in self.hosts:
+                names = (token,)
+            else:
+                raise ConfigError(
+                    f"{self.file}: unknown host or group {token!r} "
+                    f"(known: all, {self._known_names()})"
+                )
+            for name in names:
+                chosen[name] = self.hosts[name]
+        if not chosen:
+            raise ConfigError(f"--hosts {spec!r} selects no host")
+        return list(chosen.values())
+
+    def _known_names(self) -> str:
+        groups = ", ".join(f"{g} (group)" for g in self.groups)
+        return ", ".join(filter(None, [groups, ", ".join(self.hosts)]))
+
+
+def inventory_path(path: str | os.PathLike[str] | None) -> Path:
+    """The inventory to use: the flag, else $DEPLOYTOOLS_INVENTORY, else ./inventory.yaml."""
+    return Path(path or os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
+
+
+def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
+    """Read, validate and merge an inventory file."""
+    file = inventory_path(path)
+    name = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError(
+            name,
+            "",
+            "inventory file not found (pass --inventory PATH or set "
+            f"{INVENTORY_ENV}; see inventory.example.yaml)",
+        ) from None
+    except OSError as exc:
+        raise InventoryError(name, "", f"cannot read inventory: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise InventoryError(name, "", f"{where}{problem}") from None
+    return parse_inventory(data, name, base_dir=file.resolve().parent)
+
+
+def parse_inventory(data: Any, file: str = "<inventory>", base_dir: Path | None = None) -> Inventory:
+    """Validate an already-loaded inventory document."""
+    try:
+        return _parse(data, file, base_dir or Path.cwd())
+    except _Invalid as exc:
+        raise InventoryError(file, exc.path or "", exc.expected) from None
+
+
+def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
+    if data is None:
+        raise _Invalid("the inventory is empty: expected a mapping with 'groups'")
+    top = _validate(
+        data,
+        {"defaults": SETTINGS_SCHEMA, "ssh": SSH_SCHEMA, "groups": lambda v, p: v},
+        "",
+    )
+    raw_groups = top.get("groups")
+    if not isinstance(raw_groups, dict) or not raw_groups:
+        raise _Invalid("expected a mapping of group names to {vars, hosts}", "groups")
+    defaults = merge_settings(DEFAULT_SETTINGS, {"ssh": top.get("ssh", {})})
+    defaults = merge_settings(defaults, top.get("defaults", {}))
+
+    hosts: dict[str, Host] = {}
+    host_groups: dict[str, list[str]] = {}
+    raw_hosts: dict[str, tuple[dict, dict]] = {}
+    groups: dict[str, tuple[str, ...]] = {}
+    for group_name, group in raw_groups.items():
+        gpath = f"groups.{group_name}"
+        if not isinstance(group_name, str) or not _NAME_RE.match(group_name) or group_name == "all":
+            raise _Invalid("expected a group name of letters, digits, '_', '.', '-' (not 'all')",
+                           gpath)
+        group = _validate(group or {}, {"vars": SETTINGS_SCHEMA, "hosts": lambda v, p: v}, gpath)
+        members = group.get("hosts") or {}
+        if isinstance(members, list):  # a list of names of hosts defined in another group
+            members = {m: None for m in members}
+        if not isinstance(members, dict):
+            raise _Invalid("expected a mapping of host names to host settings", f"{gpath}.hosts")
+        names = []
+        for host_name, entry in members.items():
+            hpath = f"{gpath}.hosts.{host_name}"
+            if not isinstance(host_name, str) or not _NAME_RE.match(host_name):
+                raise _Invalid("expected a host name of letters, digits, '_', '.', '-'", hpath)
+            if entry is not None:
+                entry = _validate(entry, HOST_SCHEMA, hpath)
+                if host_name in raw_hosts and raw_hosts[host_name][0]:
+                    raise _Invalid("host is defined twice (list it by name in other groups)",
+                                   hpath)
+                raw_hosts[host_name] = (entry, group.get("vars", {}))
+            else:
+                raw_hosts.setdefault(host_name, ({}, {}))
+            host_groups.setdefault(host_name, []).append(group_name)
+            names.append(host_name)
+        groups[group_name] = tuple(names)
+
+    for host_name, (entry, group_vars) in raw_hosts.items():
+        hpath = f"groups.{host_groups[host_name][0]}.hosts.{host_name}"
+        if not entry:
+            raise _Invalid("host is listed but never defined with at least 'host'", hpath)
+        settings = merge_settings(defaults, group_vars)
+        settings = merge_settings(
+            settings, {k: v for k, v in entry.items() if k not in ("host", "port", "user")}
+        )
+        settings["ssh"] = _resolve_paths(settings["ssh"], ("identity", "known_hosts"), base_dir)
+        settings["source"] = _resolve_paths(settings["source"], ("path", "repo"), base_dir)
+        for required in ("deploy_to",):
+            if required not in settings:
+                raise _Invalid(f"missing required setting {required!r} "
+                               "(set it in defaults, group vars or the host)", hpath)
+        if "host" not in entry:
+            raise _Invalid("missing required key 'host' (address or DNS name)", hpath)
+        if not settings["supervisor"].get("programs"):
+            raise _Invalid("missing supervisor.programs (the programs to restart)",
+                           f"{hpath}.supervisor.programs")
+        source = settings["source"]
+        if bool(source.get("repo")) == bool(source.get("path")):
+            raise _Invalid("expected exactly one of source.repo (git) or source.path (directory)",
+                           f"{hpath}.source")
+        hosts[host_name] = Host(
+            name=host_name,
+            address=entry["host"],
+            port=entry.get("port", settings["ssh"]["port"]),
+            user=entry.get("user", settings["ssh"].get("user")),
+            groups=tuple(host_groups[host_name]),
+            settings=settings,
+        )
+    return Inventory(file=file, hosts=hosts, groups=groups)
+
+
+def _resolve_paths(
+    settings: Mapping[str, Any], keys: tuple[str, ...], base_dir: Path
+) -> dict[str, Any]:
+    """Make local paths absolute: relative to the inventory file, with ~ expanded.
+
+    A git URL (``https://...``, ``git@host:repo``) is left alone.
+    """
+    resolved = dict(settings)
+    for key in keys:
+        value = resolved.get(key)
+        if not value or "://" in value or re.match(r"^[\w.-]+@[\w.-]+:", value):
+            continue
+        path = Path(os.path.expanduser(value))
+        resolved[key] = str(path if path.is_absolute() else base_dir / path)
+    return resolved

@@ -1,0 +1,423 @@
+"""The remote agent: one JSON request in, progress events and one JSON result out.
+
+Shipped over SSH on every call and run by the host's own Python (stdlib only,
+3.8+), so that a multi-step phase (preflight + lock, or switch + restart + health
+check + rollback) costs one round trip, and so that bytecode is judged by the
+interpreter that will import it. The protocol on stdin, after the bootstrap has
+loaded the modules, is ``<length>\\n<json request>`` followed by the artifact
+stream for `prepare`. On stdout every line is JSON: ``{"event": "..."}`` for
+progress, then exactly one ``{"result": ...}`` or ``{"error": ..., "kind": ...}``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import sys
+import tarfile
+import time
+import traceback
+from typing import Any, BinaryIO, Callable, Dict, List, Optional
+
+from deploytools.remote import bytecode, health
+from deploytools.remote.releases import META_DIR, MANIFEST, Layout
+from deploytools.remote.supervisor import Supervisor, SupervisorError, process_facts
+
+
+class AgentError(Exception):
+    """A failure to report as one line; `kind` lets the controller map it."""
+
+    def __init__(self, message: str, kind: str = "failed") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def emit(kind: str, value: Any) -> None:
+    sys.stdout.write(json.dumps({kind: value}) + "\n")
+    sys.stdout.flush()
+
+
+def event(message: str) -> None:
+    emit("event", message)
+
+
+# --------------------------------------------------------------------------- facts
+
+
+def python_facts() -> Dict[str, Any]:
+    return {
+        "executable": sys.executable,
+        "version": "%d.%d.%d" % sys.version_info[:3],
+        "magic": importlib.util.MAGIC_NUMBER.hex(),
+        "cache_tag": sys.implementation.cache_tag,
+    }
+
+
+def expand(template: Any, values: Dict[str, str]) -> Any:
+    """Fill {host}, {release}, {revision}, ... in strings, lists and maps (no str.format:
+    user text may contain other braces)."""
+    if isinstance(template, str):
+        for key, value in values.items():
+            template = template.replace("{%s}" % key, value)
+        return template
+    if isinstance(template, dict):
+        return {k: expand(v, values) for k, v in template.items()}
+    if isinstance(template, list):
+        return [expand(v, values) for v in template]
+    return template
+
+
+def release_values(layout: Layout, release_id: str, base: Dict[str, str]) -> Dict[str, str]:
+    manifest = layout.manifest(release_id) or {}
+    values = dict(base)
+    values.update({"release": release_id, "revision": str(manifest.get("revision") or ""),
+                   "deploy_to": layout.deploy_to})
+    return values
+
+
+# --------------------------------------------------------------------------- ops
+
+
+def op_preflight(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+    """Check everything a deploy needs, then take the lock if asked and all is well."""
+    layout = Layout(req["deploy_to"])
+    problems: List[str] = []
+    result: Dict[str, Any] = {"python": python_facts()}
+    try:
+        layout.ensure()
+        probe = os.path.join(layout.meta, ".write-test-%d" % os.getpid())
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        problems.append("deploy_to %s is not writable: %s" % (layout.deploy_to, exc.strerror))
+    try:
+        stat = os.statvfs(layout.deploy_to if os.path.isdir(layout.deploy_to) else "/")
+        free_mb = stat.f_bavail * stat.f_frsize // (1024 * 1024)
+        result["disk_free_mb"] = free_mb
+        need = int(req.get("min_free_mb") or 0)
+        if free_mb < need:
+            problems.append("only %d MB free under %s (need about %d MB)"
+                            % (free_mb, layout.deploy_to, need))
+    except OSError:
+        pass
+    if req.get("supervisor"):
+        try:
+            sup = Supervisor(req["supervisor"], timeout=10)
+            sup.ping()
+            result["programs"] = sup.expand(list(req.get("programs") or []))
+        except (SupervisorError, OSError) as exc:
+            problems.append(str(exc))
+        except Exception as exc:  # xmlrpc faults
+            problems.append("supervisor: %s" % exc)
+    result["current"] = layout.current_id()
+    result["releases"] = layout.describe()
+    result["problems"] = problems
+    lock = req.get("lock")
+    if lock and not problems:
+        holder = wait_for_lock(layout, lock)
+        result["lock"] = {"acquired": holder is None, "holder": holder}
+    return result
+
+
+def wait_for_lock(layout: Layout, lock: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    owner = dict(lock["owner"], acquired_at=time.time())
+    deadline = time.time() + float(lock.get("wait") or 0)
+    announced = False
+    while True:
+        holder = layout.acquire_lock(owner)
+        if holder is None:
+            return None
+        holder = dict(holder)
+        holder["age_seconds"] = round(time.time() - float(holder.get("acquired_at") or 0), 1)
+        holder["stale"] = holder["age_seconds"] > float(lock.get("expiry") or 3600)
+        if time.time() >= deadline:
+            return holder
+        if not announced:
+            event("lock held by %s; waiting" % holder.get("user", "?"))
+            announced = True
+        time.sleep(0.5)
+
+
+def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+    """Build releases/<id> from the artifact stream, off to the side, then rename it in.
+
+    Nothing the app serves changes here. Any failure removes the partial directory,
+    so a failed or interrupted prepare leaves no release behind.
+    """
+    layout = Layout(req["deploy_to"])
+    release_id = req["release_id"]
+    final = layout.release(release_id)
+    partial = layout.partial(release_id)
+    if os.path.exists(final):
+        raise AgentError("release %s already exists on this host" % release_id)
+    layout.ensure()
+    shutil.rmtree(partial, ignore_errors=True)
+    timings: Dict[str, float] = {}
+    try:
+        started = time.time()
+        os.makedirs(partial)
+        count, size = extract(stream, int(req["artifact_size"]), partial)
+        timings["extract"] = round(time.time() - started, 3)
+        event("unpacked %d files (%d bytes)" % (count, size))
+        manifest = dict(req["manifest"])
+        with open(os.path.join(partial, "REVISION"), "w") as fh:
+            fh.write(str(manifest.get("revision") or "") + "\n")
+        started = time.time()
+        compiled = apply_bytecode(partial, req)
+        timings["bytecode"] = round(time.time() - started, 3)
+        manifest["python"] = python_facts()
+        manifest["bytecode"] = dict(compiled, mode=req["bytecode"],
+                                    invalidation=req["pyc_invalidation"],
+                                    magic=manifest["python"]["magic"],
+                                    cache_tag=manifest["python"]["cache_tag"])
+        os.makedirs(os.path.join(partial, META_DIR), exist_ok=True)
+        with open(os.path.join(partial, META_DIR, MANIFEST), "w") as fh:
+            json.dump(manifest, fh, indent=1, sort_keys=True)
+        os.rename(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return {"release": release_id, "files": count, "bytes": size, "timings": timings,
+            "bytecode": manifest["bytecode"]}
+
+
+def extract(stream: BinaryIO, size: int, dest: str) -> "tuple[int, int]":
+    """Unpack exactly `size` bytes of tar from the stream into dest."""
+    reader = _Limited(stream, size)
+    count = total = 0
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as archive:
+            for member in archive:
+                if member.name.startswith("/") or ".." in member.name.split("/"):
+                    raise AgentError("unsafe path in artifact: %r" % member.name)
+                if not (member.isfile() or member.isdir() or member.issym()):
+                    continue
+                archive.extract(member, dest, set_attrs=True, **_tar_filter())
+                if member.isfile():
+                    count += 1
+                    total += member.size
+    except OSError as exc:
+        if exc.errno == 28:
+            raise AgentError("disk full while unpacking into %s" % dest, "disk_full") from None
+        raise
+    reader.drain()
+    if reader.remaining:
+        raise AgentError("artifact stream ended early (%d bytes missing)" % reader.remaining)
+    return count, total
+
+
+def _tar_filter() -> Dict[str, Any]:
+    return {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+
+
+class _Limited:
+    """A read-only stream that stops after `size` bytes (the request may continue)."""
+
+    def __init__(self, stream: BinaryIO, size: int) -> None:
+        self.stream = stream
+        self.remaining = size
+
+    def read(self, n: int = -1) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        n = self.remaining if n < 0 else min(n, self.remaining)
+        data = self.stream.read(n)
+        self.remaining -= len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.remaining > 0 and self.read(65536):
+            pass
+
+
+def apply_bytecode(root: str, req: Dict[str, Any]) -> Dict[str, Any]:
+    mode = req["bytecode"]
+    if mode == "precompile":
+        result = bytecode.compile_tree(root, invalidation_mode=req["pyc_invalidation"])
+        if result["errors"]:
+            first = result["errors"][0]
+            raise AgentError("cannot compile %s line %s: %s" % (
+                first["file"], first.get("line"), first["message"]), "syntax_error")
+        event("compiled %d modules (%s)" % (result["compiled"], req["pyc_invalidation"]))
+        return {"compiled": result["compiled"]}
+    if mode == "clear":
+        cleared = bytecode.clear_tree(root)
+        return {"cleared_files": cleared["files"]}
+    return {}
+
+
+def op_activate(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+    """Switch to `target`, restart, health-check; on failure go back to `fallback`.
+
+    The whole decision runs here, on the host, in one round trip: a controller that
+    loses the connection mid-way cannot leave the host switched but unchecked.
+    """
+    layout = Layout(req["deploy_to"])
+    target = req["target"]
+    fallback = req.get("fallback")
+    if layout.failure(target) and not req.get("allow_failed"):
+        raise AgentError("release %s is marked failed (%s)" % (target, layout.failure(target)))
+    result: Dict[str, Any] = {"target": target, "fallback": fallback}
+    attempt = switch_restart_check(layout, target, req)
+    result["attempt"] = attempt
+    if attempt["ok"]:
+        result["outcome"] = "healthy"
+        result["release"] = target
+        return result
+    result["error"] = attempt["error"]
+    if req.get("mark_failed"):
+        layout.mark_failed(target, attempt["error"])
+    if not fallback:
+        result["outcome"] = "failed"
+        result["release"] = layout.current_id()
+        return result
+    event("rolling back to %s" % fallback)
+    back = switch_restart_check(layout, fallback, req)
+    result["rollback"] = back
+    result["outcome"] = "rolled_back" if back["ok"] else "rollback_failed"
+    result["release"] = layout.current_id()
+    return result
+
+
+def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any]) -> Dict[str, Any]:
+    steps: Dict[str, Any] = {"release": target, "ok": False}
+    started = time.time()
+    try:
+        if layout.current_id() != target:
+            layout.switch(target)
+            event("switched current -> releases/%s" % target)
+        steps["programs"] = restart(layout, req)
+        spec = req.get("health")
+        if spec and spec.get("url"):
+            spec = expand(spec, release_values(layout, target, req.get("values") or {}))
+            result = health.check(spec)
+            steps["health"] = result
+            if not result["ok"]:
+                raise AgentError("health check failed after %d attempts in %.1fs: %s"
+                                 % (result["attempts"], result["seconds"], result["error"]))
+            event("healthy after %.2fs" % result["seconds"])
+        steps["ok"] = True
+    except (AgentError, SupervisorError, OSError, RuntimeError) as exc:
+        steps["error"] = str(exc)
+        event("failed: %s" % exc)
+    steps["seconds"] = round(time.time() - started, 3)
+    return steps
+
+
+def restart(layout: Layout, req: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Stop every program, then start every program, each confirmed by its state."""
+    sup_settings = req["supervisor"]
+    sup = Supervisor(sup_settings, timeout=float(sup_settings.get("stop_timeout") or 60) + 5)
+    names = sup.expand(list(req["programs"]))
+    rows = []
+    for name in names:
+        before = sup.info(name)
+        rows.append({"name": name, "old_pid": before.get("pid") or None})
+        sup.stop(name)
+        sup.wait_state(name, ("STOPPED", "EXITED", "FATAL"),
+                       float(sup_settings.get("stop_timeout") or 60))
+    event("stopped %s" % ", ".join(names))
+    release_dir = os.path.realpath(layout.current)
+    for row in rows:
+        sup.start(row["name"])
+        info = sup.wait_state(row["name"], ("RUNNING",),
+                              float(sup_settings.get("start_timeout") or 60))
+        facts = process_facts(info["pid"])
+        row.update(new_pid=info["pid"], started_at=facts["started_at"], cwd=facts["cwd"])
+        if facts["cwd"] and not (facts["cwd"] + "/").startswith(release_dir + "/"):
+            raise AgentError("%s runs in %s, not in %s" % (row["name"], facts["cwd"], release_dir))
+    event("started %s" % ", ".join("%s (pid %s)" % (r["name"], r["new_pid"]) for r in rows))
+    return rows
+
+
+def op_finish(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+    """Write the history line, remove old releases, release the lock: the end of every run."""
+    layout = Layout(req["deploy_to"])
+    result: Dict[str, Any] = {}
+    if req.get("history"):
+        layout.append_history(req["history"])
+    if req.get("keep_releases"):
+        result["removed"] = layout.cleanup(int(req["keep_releases"]))
+    if req.get("lock_token"):
+        result["unlocked"] = layout.release_lock(req["lock_token"])
+    discard = req.get("discard_release")
+    if discard and discard != layout.current_id():
+        shutil.rmtree(layout.partial(discard), ignore_errors=True)
+        shutil.rmtree(layout.release(discard), ignore_errors=True)
+        result["discarded"] = discard
+    return result
+
+
+def op_unlock(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+    layout = Layout(req["deploy_to"])
+    owner = layout.lock_owner()
+    removed = layout.release_lock(req.get("token"), force=bool(req.get("force")))
+    return {"owner": owner, "removed": removed}
+
+
+def op_releases(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+    layout = Layout(req["deploy_to"])
+    return {"current": layout.current_id(), "releases": layout.describe(),
+            "lock": layout.lock_owner(), "history": layout.read_history(20)}
+
+
+def op_resolve_rollback(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+    """Pick a rollback target: `to` (must exist, not failed) or the previous good release."""
+    layout = Layout(req["deploy_to"])
+    current = layout.current_id()
+    wanted = req.get("to")
+    if wanted:
+        if not os.path.isdir(layout.release(wanted)):
+            raise AgentError("release %s does not exist (have: %s)"
+                             % (wanted, ", ".join(layout.release_ids()) or "none"))
+        if layout.failure(wanted):
+            raise AgentError("release %s is marked failed: %s" % (wanted, layout.failure(wanted)))
+        target = wanted
+    else:
+        target = layout.previous_good(current)
+        if not target:
+            raise AgentError("no previous good release to roll back to (current: %s)" % current)
+    return {"current": current, "target": target}
+
+
+OPS: Dict[str, Callable[[Dict[str, Any], BinaryIO], Dict[str, Any]]] = {
+    "preflight": op_preflight,
+    "prepare": op_prepare,
+    "activate": op_activate,
+    "finish": op_finish,
+    "unlock": op_unlock,
+    "releases": op_releases,
+    "resolve_rollback": op_resolve_rollback,
+}
+
+
+def identity() -> Dict[str, Any]:
+    return {"host": socket.gethostname(), "user": getpass.getuser(), "pid": os.getpid()}
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def main() -> None:
+    stream = sys.stdin.buffer
+    length = int(stream.readline())
+    req = json.loads(stream.read(length).decode())
+    try:
+        op = OPS[req["op"]]
+        emit("result", op(req, stream))
+    except AgentError as exc:
+        emit("error", {"message": str(exc), "kind": exc.kind})
+    except Exception as exc:
+        emit("error", {"message": "%s: %s" % (type(exc).__name__, exc), "kind": "internal",
+                       "traceback": traceback.format_exc()})

@@ -1,0 +1,86 @@
+"""HTTP health checks, run on the host right after a restart (stdlib only).
+
+Running the check on the host keeps switch + restart + check in one SSH round
+trip and reaches apps that only listen on the host's own addresses. The check
+retries until its deadline: a freshly started app may need a moment to bind.
+Placeholders ({host}, {release}, {revision}, ...) are filled in by the controller.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Dict, Optional
+
+
+def _lookup(document: Any, dotted: str) -> Any:
+    node = document
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            raise KeyError(dotted)
+    return node
+
+
+def evaluate(status: int, body: bytes, spec: Dict[str, Any]) -> Optional[str]:
+    """Why a response is unhealthy, or None when it meets every expectation."""
+    expected_status = int(spec.get("expect_status") or 200)
+    if status != expected_status:
+        return "HTTP %d (expected %d)" % (status, expected_status)
+    text = body.decode("utf-8", "replace")
+    if spec.get("expect_text") and spec["expect_text"] not in text:
+        return "body does not contain %r" % spec["expect_text"]
+    expect_json = spec.get("expect_json") or {}
+    if expect_json:
+        try:
+            document = json.loads(text)
+        except ValueError:
+            return "body is not JSON: %r" % text[:80]
+        for key, want in expect_json.items():
+            try:
+                got = _lookup(document, key)
+            except KeyError:
+                return "JSON has no %r" % key
+            if str(got) != str(want):
+                return "%s is %r, expected %r" % (key, got, want)
+    return None
+
+
+def check(spec: Dict[str, Any], deadline_seconds: Optional[float] = None) -> Dict[str, Any]:
+    """Poll the URL until healthy or the deadline passes; the last attempt explains failures."""
+    url = spec["url"]
+    timeout = float(spec.get("timeout") or 30)
+    interval = float(spec.get("interval") or 1)
+    request_timeout = float(spec.get("request_timeout") or 5)
+    deadline = time.time() + (deadline_seconds if deadline_seconds is not None else timeout)
+    attempts = 0
+    started = time.time()
+    problem = "not checked"
+    body = b""
+    while True:
+        attempts += 1
+        status = 0
+        try:
+            with urllib.request.urlopen(url, timeout=request_timeout) as response:
+                status = response.status
+                body = response.read(65536)
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            body = exc.read(65536) if exc.fp else b""
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            problem = "no answer: %s" % reason
+        if status:
+            problem = evaluate(status, body, spec) or ""
+            if not problem:
+                return {"ok": True, "attempts": attempts, "status": status,
+                        "seconds": round(time.time() - started, 3),
+                        "body": body[:500].decode("utf-8", "replace")}
+        if time.time() + interval > deadline:
+            return {"ok": False, "attempts": attempts, "status": status, "error": problem,
+                    "seconds": round(time.time() - started, 3),
+                    "body": body[:500].decode("utf-8", "replace")}
+        time.sleep(interval)

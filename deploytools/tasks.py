@@ -1,0 +1,91 @@
+"""The invoke task collection: thin wrappers that parse flags, run a flow, set the exit code.
+
+Add it to your own `tasks.py`::
+
+    from invoke import Collection
+    import deploytools.tasks
+    ns = Collection(deploytools.tasks.collection)      # or ns.add_collection(..., "deploy")
+
+Every task takes ``--hosts`` (group, host names, or ``all``) and ``--inventory``
+(default ``inventory.yaml`` or ``$DEPLOYTOOLS_INVENTORY``; also settable as
+``deploytools.inventory`` in invoke's config). Errors are one line; ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+
+from invoke import Collection, Context, task
+from invoke.exceptions import Exit
+
+from deploytools import flow
+from deploytools.errors import DeployToolsError, ExitCode
+from deploytools.inventory import Host, load_inventory
+from deploytools.report import Console
+
+COMMON_HELP = {
+    "hosts": "Hosts to act on: a group, host names, or 'all' (comma-separated).",
+    "inventory": "Inventory file (default: inventory.yaml or $DEPLOYTOOLS_INVENTORY).",
+    "debug": "Show tracebacks for errors.",
+}
+
+
+def _select(c: Context, hosts: str | None, inventory: str | None) -> list[Host]:
+    configured = c.config.get("deploytools", {}) if hasattr(c, "config") else {}
+    path = inventory or configured.get("inventory")
+    return load_inventory(path).select(hosts or configured.get("hosts"))
+
+
+def _run(debug: bool, body: Callable[[Console], flow.RunResult | None]) -> None:
+    """Run a flow and turn its outcome (or error) into a one-line message and an exit code."""
+    console = Console()
+    try:
+        result = body(console)
+    except KeyboardInterrupt:
+        raise Exit("interrupted", ExitCode.INTERRUPTED) from None
+    except DeployToolsError as exc:
+        if debug:
+            traceback.print_exc()
+        raise Exit(f"error: {exc}", int(exc.exit_code)) from None
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        raise Exit(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL) from None
+    if result is not None and result.exit_code != ExitCode.OK:
+        failed = [f"{r.name}: {r.error}" for r in result.runs if r.error]
+        message = "; ".join(failed) or result.exit_code.name
+        raise Exit(f"{result.action} failed ({result.exit_code.name.lower()}): {message}",
+                   int(result.exit_code))
+
+
+@task(help={**COMMON_HELP, "ref": "Git ref to deploy (default: source.ref, else HEAD).",
+            "serial": "Batch size: N hosts or P% at a time (default: all at once).",
+            "lock_wait": "Seconds to wait for another run's lock (default: fail at once)."})
+def deploy(c: Context, hosts: str | None = None, inventory: str | None = None,
+           ref: str | None = None, serial: str | None = None, lock_wait: float = 0,
+           debug: bool = False) -> None:
+    """Ship a release to every selected host: prepare, switch, restart, health-check."""
+    _run(debug, lambda console: flow.deploy(_select(c, hosts, inventory), console, ref=ref,
+                                            serial=serial, lock_wait=lock_wait))
+
+
+@task(help={**COMMON_HELP, "to": "Release id to return to (default: the previous good one).",
+            "lock_wait": "Seconds to wait for another run's lock."})
+def rollback(c: Context, hosts: str | None = None, inventory: str | None = None,
+             to: str | None = None, lock_wait: float = 0, debug: bool = False) -> None:
+    """Switch back to the previous good release (or --to ID), restart and health-check."""
+    _run(debug, lambda console: flow.rollback(_select(c, hosts, inventory), console, to=to,
+                                              lock_wait=lock_wait))
+
+
+@task(help=COMMON_HELP)
+def releases(c: Context, hosts: str | None = None, inventory: str | None = None,
+             debug: bool = False) -> None:
+    """List each host's releases: current marked, revision, switch time, failures."""
+    _run(debug, lambda console: flow.list_releases(_select(c, hosts, inventory), console))
+
+
+collection = Collection(deploy, rollback, releases)
+collection.configure({"deploytools": {"inventory": None, "hosts": None}})

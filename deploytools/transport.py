@@ -1,0 +1,303 @@
+"""One SSH connection per host, with verified host keys, and the agent call over it.
+
+Fabric's `Connection` always installs paramiko's AutoAddPolicy and never loads
+known_hosts, so a wrong key still connects. Every connection is made here: the
+known_hosts file is loaded and unknown keys are rejected before `open()`
+(`ssh.accept_new_host_keys: true` is an explicit opt-in for first contact only;
+a *changed* key is always refused). Connect, banner and auth have deadlines, and
+TCP_NODELAY is set (paramiko does not; it cuts a round trip from ~44 to ~2 ms).
+
+Remote work goes through the agent (`deploytools/remote`): its modules travel
+compressed with each call and run under the host's interpreter, so a phase is one
+`exec` on the already open connection, and uploads stream over the same channel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import socket
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import paramiko
+from fabric import Connection
+
+from deploytools.errors import RemoteError, UnreachableError
+from deploytools.inventory import Host
+
+REMOTE_MODULES = ("bytecode", "health", "releases", "supervisor", "verify", "agent")
+CHUNK = 256 * 1024
+
+BOOTSTRAP = """\
+import sys, json, zlib, types
+r = sys.stdin.buffer
+n = int(r.readline())
+for name, src in json.loads(zlib.decompress(r.read(n))):
+    m = types.ModuleType(name)
+    sys.modules[name] = m
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, m)
+    if src is None:
+        m.__path__ = []
+    else:
+        exec(compile(src, "<deploytools " + name + ">", "exec"), m.__dict__)
+sys.modules["deploytools.remote.agent"].main()
+"""
+
+
+@cache
+def agent_bundle() -> bytes:
+    """The remote modules, compressed once per process, framed for the bootstrap."""
+    here = Path(__file__).parent / "remote"
+    modules: list[tuple[str, str | None]] = [("deploytools", None), ("deploytools.remote", None)]
+    for name in REMOTE_MODULES:
+        path = here / f"{name}.py"
+        if path.exists():
+            modules.append((f"deploytools.remote.{name}", path.read_text(encoding="utf-8")))
+    packed = zlib.compress(json.dumps(modules).encode(), 9)
+    return str(len(packed)).encode() + b"\n" + packed
+
+
+class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
+    """Trust on first use: record an unknown key in known_hosts. Changed keys still fail."""
+
+    def __init__(self, known_hosts: str) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: Any) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        with open(self.known_hosts, "a", encoding="utf-8") as fh:
+            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+@dataclass
+class AgentCall:
+    """What an agent call returned: its result or error, plus every progress event."""
+
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    events: list[str] = field(default_factory=list)
+    stderr: str = ""
+    seconds: float = 0.0
+
+
+class HostConnection:
+    """The single SSH connection to one host for a whole run."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.commands = 0  # remote commands run (benchmarks and tests read it)
+        self.bytes_sent = 0
+        self._conn: Connection | None = None
+
+    # ------------------------------------------------------------------ connect
+
+    def open(self, attempts: int = 3) -> None:
+        """Connect with verified host keys; retry refusals with jitter (sshd MaxStartups)."""
+        ssh = self.host.settings["ssh"]
+        for attempt in range(1, attempts + 1):
+            try:
+                self._conn = self._connect(ssh)
+                return
+            except UnreachableError as exc:
+                if not getattr(exc, "retryable", False) or attempt == attempts:
+                    raise
+                time.sleep(random.uniform(0.1, 0.4) * attempt)
+
+    def _connect(self, ssh: dict[str, Any]) -> Connection:
+        timeout = float(ssh["connect_timeout"])
+        conn = Connection(
+            host=self.host.address,
+            user=self.host.user,
+            port=self.host.port,
+            connect_kwargs={
+                "key_filename": ssh.get("identity"),
+                "timeout": timeout,
+                "banner_timeout": timeout,
+                "auth_timeout": timeout,
+                "look_for_keys": not ssh.get("identity"),
+            },
+        )
+        client = conn.client
+        known_hosts = ssh.get("known_hosts")
+        try:
+            if known_hosts:
+                if os.path.exists(known_hosts):
+                    client.load_host_keys(known_hosts)
+            else:
+                client.load_system_host_keys()
+        except (OSError, paramiko.SSHException) as exc:
+            raise UnreachableError(self.host.name, f"cannot read known_hosts: {exc}") from None
+        if ssh.get("accept_new_host_keys"):
+            target = known_hosts or os.path.expanduser("~/.ssh/known_hosts")
+            client.set_missing_host_key_policy(_AcceptNewHostKey(target))
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            conn.open()
+        except Exception as exc:  # paramiko raises many unrelated types here
+            raise self._explain(exc, known_hosts) from None
+        transport = conn.client.get_transport()
+        if transport is not None and transport.sock is not None:
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport.set_keepalive(15)
+        return conn
+
+    def _explain(self, exc: Exception, known_hosts: str | None) -> UnreachableError:
+        where = f"{self.host.address}:{self.host.port}"
+        retryable = False
+        if isinstance(exc, paramiko.BadHostKeyException):
+            text = (f"host key for {where} CHANGED (expected {exc.expected_key.get_name()} "
+                    f"{exc.expected_key.get_fingerprint().hex()}, got "
+                    f"{exc.key.get_fingerprint().hex()}); refusing to connect")
+        elif isinstance(exc, paramiko.AuthenticationException):
+            text = f"authentication failed for user {self.host.user or '(default)'} at {where}"
+        elif isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
+            text = (f"unknown host key for {where}: not in {known_hosts or '~/.ssh/known_hosts'} "
+                    "(add it with ssh-keyscan after checking it, or set "
+                    "ssh.accept_new_host_keys: true for first contact)")
+        elif isinstance(exc, socket.timeout | TimeoutError):
+            text = f"connection to {where} timed out"
+        elif isinstance(exc, ConnectionRefusedError):
+            text, retryable = f"connection to {where} refused", True
+        elif isinstance(exc, socket.gaierror):
+            text = f"cannot resolve {self.host.address}: {exc.strerror}"
+        elif isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
+            text, retryable = f"no SSH banner from {where} (overloaded or not sshd)", True
+        elif isinstance(exc, OSError):
+            text = f"cannot connect to {where}: {exc.strerror or exc}"
+        else:
+            text = f"cannot connect to {where}: {exc}"
+        error = UnreachableError(self.host.name, text)
+        error.retryable = retryable  # type: ignore[attr-defined]
+        return error
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # ------------------------------------------------------------------ agent
+
+    def agent_command(self) -> str:
+        """The remote command line: the host's Python running the bootstrap, under a
+        `timeout` so that a lost controller never leaves it running forever."""
+        settings = self.host.settings
+        limit = int(settings["ssh"]["command_timeout"])
+        parts = ["timeout", "-k", "10", str(limit), settings["python"], "-c", BOOTSTRAP]
+        command = " ".join(shlex.quote(p) for p in parts)
+        if settings["supervisor"].get("sudo"):
+            command = "sudo -n " + command
+        return command
+
+    def call(
+        self,
+        request: dict[str, Any],
+        upload: Iterable[bytes] | BinaryIO | None = None,
+        on_event: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+    ) -> AgentCall:
+        """Run one agent operation: send modules, request and optional upload, read events."""
+        if self._conn is None:
+            self.open()
+        assert self._conn is not None
+        transport = self._conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise UnreachableError(self.host.name, "SSH connection lost")
+        deadline = timeout or float(self.host.settings["ssh"]["command_timeout"]) + 15
+        started = time.monotonic()
+        self.commands += 1
+        channel = transport.open_session(timeout=deadline)
+        try:
+            channel.settimeout(deadline)
+            channel.exec_command(self.agent_command())
+            payload = json.dumps(request).encode()
+            head = agent_bundle() + str(len(payload)).encode() + b"\n" + payload
+            self._send(channel, [head], upload)
+            call = self._read(channel, on_event)
+            channel.status_event.wait(5)
+            status = channel.exit_status if channel.exit_status_ready() else None
+        except TimeoutError:
+            raise RemoteError(self.host.name,
+                              f"{request['op']} timed out after {deadline:.0f}s") from None
+        finally:
+            channel.close()
+        call.seconds = time.monotonic() - started
+        if call.result is None and call.error is None:
+            raise RemoteError(self.host.name, self._no_result(status, call.stderr))
+        return call
+
+    def _send(self, channel: paramiko.Channel, head: list[bytes],
+              upload: Iterable[bytes] | BinaryIO | None) -> None:
+        chunks: Iterable[bytes] = head
+        try:
+            for chunk in chunks:
+                channel.sendall(chunk)
+                self.bytes_sent += len(chunk)
+            if upload is not None:
+                reader = upload.read if hasattr(upload, "read") else None
+                blocks = iter(lambda: reader(CHUNK), b"") if reader else upload
+                for block in blocks:
+                    channel.sendall(block)
+                    self.bytes_sent += len(block)
+            channel.shutdown_write()
+        except OSError:
+            pass  # the agent stopped reading (it failed early): its error says why
+
+    def _read(self, channel: paramiko.Channel,
+              on_event: Callable[[str], None] | None) -> AgentCall:
+        call = AgentCall(result=None, error=None)
+        buffer = b""
+        while True:
+            data = channel.recv(65536)
+            if not data:
+                break
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                self._handle_line(line, call, on_event)
+        if buffer.strip():
+            self._handle_line(buffer, call, on_event)
+        stderr = b""
+        while channel.recv_stderr_ready():
+            stderr += channel.recv_stderr(65536)
+        call.stderr = stderr.decode("utf-8", "replace")
+        return call
+
+    @staticmethod
+    def _handle_line(line: bytes, call: AgentCall,
+                     on_event: Callable[[str], None] | None) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            call.stderr += line.decode("utf-8", "replace") + "\n"
+            return
+        if "event" in message:
+            call.events.append(message["event"])
+            if on_event:
+                on_event(message["event"])
+        elif "result" in message:
+            call.result = message["result"]
+        elif "error" in message:
+            call.error = message["error"]
+
+    def _no_result(self, status: int | None, stderr: str) -> str:
+        python = self.host.settings["python"]
+        tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
+        if status == 127:
+            return f"interpreter {python!r} not found on the host (set 'python' in the inventory)"
+        if status == 124:
+            return "remote command hit its time limit (ssh.command_timeout)"
+        if status == 1 and "sudo" in stderr:
+            return f"sudo refused: {' '.join(tail)}"
+        detail = f": {tail[0]}" if tail else ""
+        return f"agent ended without a result (exit status {status}){detail}"

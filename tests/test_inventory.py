@@ -1,0 +1,131 @@
+"""Inventory parsing and validation: pure logic, no hosts needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploytools.errors import ConfigError, InventoryError
+from deploytools.inventory import load_inventory, parse_inventory
+
+BASE = {
+    "defaults": {
+        "deploy_to": "/srv/myapp",
+        "source": {"repo": "/src/app"},
+        "supervisor": {"programs": ["web"]},
+        "health": {"url": "http://{host}:8000/health"},
+    },
+    "ssh": {"user": "deploy", "identity": "keys/id_ed25519"},
+    "groups": {
+        "prod": {
+            "vars": {"keep_releases": 3, "health": {"timeout": 5}},
+            "hosts": {
+                "web1": {"host": "10.0.0.1"},
+                "web2": {"host": "10.0.0.2", "port": 2222, "keep_releases": 7},
+            },
+        },
+        "staging": {"hosts": {"stage1": {"host": "10.0.1.1", "user": "ops"}}},
+        "web": {"hosts": ["web1", "stage1"]},
+    },
+}
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_precedence_host_over_group_over_defaults(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, BASE))
+    web1, web2, stage1 = inv.hosts["web1"], inv.hosts["web2"], inv.hosts["stage1"]
+    assert web1.settings["keep_releases"] == 3  # group vars
+    assert web2.settings["keep_releases"] == 7  # host
+    assert stage1.settings["keep_releases"] == 5  # built-in default
+    # maps merge key by key: group sets health.timeout, defaults set health.url
+    assert web1.get("health.timeout") == 5.0
+    assert web1.get("health.url") == "http://{host}:8000/health"
+    assert stage1.get("health.timeout") == 30.0
+    assert (web2.port, web1.port) == (2222, 22)
+    assert (web1.user, stage1.user) == ("deploy", "ops")
+    # relative key path resolves against the inventory's directory
+    assert web1.get("ssh.identity") == str(tmp_path / "keys/id_ed25519")
+    assert web1.get("pyc_invalidation") == "checked-hash"
+
+
+def test_host_selection(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, BASE))
+    assert [h.name for h in inv.select("prod")] == ["web1", "web2"]
+    assert [h.name for h in inv.select("web2,stage1")] == ["web2", "stage1"]
+    assert [h.name for h in inv.select("all")] == ["web1", "web2", "stage1"]
+    assert [h.name for h in inv.select("web")] == ["web1", "stage1"]
+    assert inv.hosts["web1"].groups == ("prod", "web")
+    with pytest.raises(ConfigError) as err:
+        inv.select("web9")
+    message = str(err.value)
+    assert "web9" in message and "prod (group)" in message and "stage1" in message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key_path", "expected"),
+    [
+        (lambda d: d["groups"]["prod"]["hosts"]["web1"].update(prot=1),
+         "groups.prod.hosts.web1.prot", "unknown key 'prot'"),
+        (lambda d: d["groups"]["prod"]["hosts"]["web1"].update(port="abc"),
+         "groups.prod.hosts.web1.port", "expected an integer from 1 to 65535"),
+        (lambda d: d["defaults"].update(bytecode="sometimes"),
+         "defaults.bytecode", "expected one of precompile, clear, off"),
+        (lambda d: d["defaults"]["health"].update(expect_status="200"),
+         "defaults.health.expect_status", "expected an integer"),
+        (lambda d: d["groups"]["prod"]["vars"].update(keep_releases=0),
+         "groups.prod.vars.keep_releases", "expected an integer from 1"),
+        (lambda d: d["defaults"].update(deploy_to="relative/path"),
+         "defaults.deploy_to", "expected an absolute path"),
+        (lambda d: d["defaults"].update(deploy_to="/srv/../etc"),
+         "defaults.deploy_to", "without '..'"),
+        (lambda d: d["defaults"].update(deploy_to="/usr"),
+         "defaults.deploy_to", "system directory"),
+        (lambda d: d["defaults"]["supervisor"].update(programs="web"),
+         "defaults.supervisor.programs", "expected a list"),
+        (lambda d: d["ssh"].update(connect_timeout=[1]),
+         "ssh.connect_timeout", "expected a number"),
+        (lambda d: d["groups"]["staging"]["hosts"]["stage1"].pop("host"),
+         "groups.staging.hosts.stage1", "missing required key 'host'"),
+        (lambda d: d["defaults"].pop("deploy_to"),
+         "groups.prod.hosts.web1", "missing required setting 'deploy_to'"),
+        (lambda d: d["defaults"]["source"].update(path="/x"),
+         "groups.prod.hosts.web1.source", "exactly one of source.repo"),
+        (lambda d: d.update(extra=1), "extra", "unknown key 'extra'"),
+    ],
+)
+def test_validation_names_file_key_path_and_expectation(
+    tmp_path: Path, mutate, key_path: str, expected: str
+) -> None:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    mutate(data)
+    path = write(tmp_path, data)
+    with pytest.raises(InventoryError) as err:
+        load_inventory(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {key_path}: "), message
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match="inventory file not found"):
+        load_inventory(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("groups:\n  prod: [\n")
+    with pytest.raises(InventoryError, match=r"bad.yaml: line \d+, column \d+"):
+        load_inventory(bad)
+    with pytest.raises(InventoryError, match="empty"):
+        parse_inventory(None, "empty.yaml")
+
+
+def test_example_inventory_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "inventory.example.yaml"
+    inv = load_inventory(example)
+    assert inv.hosts and inv.groups
