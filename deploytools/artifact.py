@@ -52,6 +52,15 @@ class Artifact:
             offset += len(block)
             yield block
 
+    def avoid_ids(self, taken: set[str]) -> None:
+        """Give the release a fresh id if a host already has one by this name (the same
+        commit deployed twice within a second); the suffix keeps ids sorting by time."""
+        base, number = self.release_id, 1
+        while self.release_id in taken:
+            number += 1
+            self.release_id = f"{base}.{number}"
+        self.manifest["id"] = self.release_id
+
     def close(self) -> None:
         self.tar.close()
 
@@ -192,7 +201,7 @@ def _from_directory(root: Path, patterns: tuple[str, ...]) -> list[_Member]:
 def _write_tar(members: list[_Member]) -> tuple[IO[bytes], int, dict[str, str]]:
     """Write a plain tar (uid/gid root, names sorted) and hash every file."""
     files: dict[str, str] = {}
-    out = tempfile.TemporaryFile(prefix="deploytools-artifact-")
+    out = tempfile.TemporaryFile(prefix="deploytools-artifact-")  # noqa: SIM115 (returned)
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for info, body in sorted(members, key=lambda m: m[0].name):
             info.uid = info.gid = 0

@@ -80,6 +80,7 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
                                                    need_bytes=artifact.size), console)
         if stop_if_any_failed(runs, console, "preflight"):
             return finish(runs, console, "deploy", run_id, artifact, started)
+        artifact.avoid_ids({row["id"] for r in runs for row in r.facts["releases"]})
 
         in_parallel(runs, lambda r: prepare(r, console, artifact), console)
         if stop_if_any_failed(runs, console, "prepare"):

@@ -25,10 +25,11 @@ INVENTORY_ENV = "DEPLOYTOOLS_INVENTORY"
 
 BYTECODE_MODES = ("precompile", "clear", "off")
 PYC_INVALIDATION_MODES = ("checked-hash", "timestamp", "unchecked-hash")
-SYSTEM_DIRS = frozenset(
-    "/ /bin /boot /dev /etc /home /lib /lib64 /opt /proc /root /run /sbin /srv /sys /tmp /usr "
-    "/usr/bin /usr/lib /usr/local /var /var/lib /var/www".split()
-)
+SYSTEM_DIRS = frozenset([
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root",
+    "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local",
+    "/var", "/var/lib", "/var/www",
+])
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -345,7 +346,9 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
     return parse_inventory(data, name, base_dir=file.resolve().parent)
 
 
-def parse_inventory(data: Any, file: str = "<inventory>", base_dir: Path | None = None) -> Inventory:
+def parse_inventory(
+    data: Any, file: str = "<inventory>", base_dir: Path | None = None
+) -> Inventory:
     """Validate an already-loaded inventory document."""
     try:
         return _parse(data, file, base_dir or Path.cwd())

@@ -87,5 +87,14 @@ def releases(c: Context, hosts: str | None = None, inventory: str | None = None,
     _run(debug, lambda console: flow.list_releases(_select(c, hosts, inventory), console))
 
 
-collection = Collection(deploy, rollback, releases)
+@task(help={"hosts": "Number of simulated hosts (default 3).",
+            "keep": "Leave the sandbox running and print how to use and stop it."})
+def demo(c: Context, hosts: int = 3, keep: bool = False, debug: bool = False) -> None:
+    """Run a local sandbox fleet and deploy a sample app to it: v1, v2, then a failing v3."""
+    from deploytools.demo import run_demo  # the sandbox is only imported when asked for
+
+    _run(debug, lambda console: run_demo(console, hosts=hosts, keep=keep))
+
+
+collection = Collection(deploy, rollback, releases, demo)
 collection.configure({"deploytools": {"inventory": None, "hosts": None}})

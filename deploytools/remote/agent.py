@@ -25,7 +25,7 @@ import traceback
 from typing import Any, BinaryIO, Callable, Dict, List, Optional
 
 from deploytools.remote import bytecode, health
-from deploytools.remote.releases import META_DIR, MANIFEST, Layout
+from deploytools.remote.releases import MANIFEST, META_DIR, Layout
 from deploytools.remote.supervisor import Supervisor, SupervisorError, process_facts
 
 

@@ -12,6 +12,7 @@ Restart is always stop -> wait stopped -> start -> wait running: supervisor's
 from __future__ import annotations
 
 import configparser
+import contextlib
 import http.client
 import os
 import shlex
@@ -120,7 +121,8 @@ class Supervisor:
         except xmlrpc.client.Fault:
             raise
         except (OSError, xmlrpc.client.ProtocolError, http.client.HTTPException) as exc:
-            raise SupervisorError("supervisord at %s is not reachable: %s" % (self.url, exc)) from exc
+            raise SupervisorError(
+                "supervisord at %s is not reachable: %s" % (self.url, exc)) from exc
 
     def ping(self) -> str:
         return self.call("getState")["statename"]
@@ -212,10 +214,8 @@ def process_facts(pid: int) -> Dict[str, Any]:
     facts: Dict[str, Any] = {"pid": pid, "cwd": None, "started_at": None}
     if not pid:
         return facts
-    try:
+    with contextlib.suppress(OSError):
         facts["cwd"] = os.readlink("/proc/%d/cwd" % pid)
-    except OSError:
-        pass
     try:
         with open("/proc/%d/stat" % pid) as fh:
             fields = fh.read().rsplit(")", 1)[1].split()

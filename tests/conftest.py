@@ -1,0 +1,113 @@
+"""Shared fixtures: a real simulated fleet (sshd + supervisord per host), a git repo
+holding the sample app, and a runner for the real `inv` command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploytools.sandbox import Fleet, sshd_path, start_fleet, write_sample_app
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_sshd() -> None:
+    """Integration tests need OpenSSH: missing it is a broken setup, never a skip."""
+    if sshd_path() is None:
+        pytest.fail("OpenSSH sshd is not installed: run .ci/run or apt-get install openssh-server")
+
+
+@dataclass
+class AppRepo:
+    """A git repository holding the sample app; each commit is a deployable revision."""
+
+    path: Path
+
+    def git(self, *args: str) -> str:
+        done = subprocess.run(["git", "-C", str(self.path), *args], capture_output=True,
+                              text=True, check=True)
+        return done.stdout.strip()
+
+    def commit(self, version: str, **app_options: object) -> str:
+        """Write the sample app at `version` (see write_sample_app) and commit it."""
+        write_sample_app(self.path, version, **app_options)  # type: ignore[arg-type]
+        self.git("add", "-A")
+        self.git("-c", "user.email=t@example.com", "-c", "user.name=tests", "commit", "-q",
+                 "--allow-empty", "-m", version)
+        return self.git("rev-parse", "HEAD")
+
+
+@dataclass
+class Cli:
+    """Runs `inv` exactly as a user would, against one inventory file."""
+
+    inventory: Path
+
+    def __call__(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "DEPLOYTOOLS_INVENTORY"}
+        command = [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), *args]
+        if "--inventory" not in args and len(args) > 0:
+            command += ["--inventory", str(self.inventory)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        if check and done.returncode != 0:
+            raise AssertionError(f"inv {' '.join(args)} exited {done.returncode}\n"
+                                 f"{done.stdout}\n{done.stderr}")
+        return done
+
+    def settings(self, **overrides: object) -> Path:
+        """Rewrite the inventory's defaults (deep keys replaced whole)."""
+        data = yaml.safe_load(self.inventory.read_text())
+        data["defaults"].update(overrides)
+        self.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        return self.inventory
+
+
+def make_fleet(count: int) -> Iterator[Fleet]:
+    require_sshd()
+    fleet = start_fleet(count)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet3() -> Iterator[Fleet]:
+    """Three hosts shared by one test module (tests in a module run in order)."""
+    yield from make_fleet(3)
+
+
+@pytest.fixture(scope="module")
+def app_repo(tmp_path_factory: pytest.TempPathFactory) -> AppRepo:
+    path = tmp_path_factory.mktemp("app")
+    repo = AppRepo(path)
+    repo.git("init", "-q", "-b", "main")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def cli(fleet3: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    inventory = tmp_path_factory.mktemp("inv") / "inventory.yaml"
+    fleet3.write_inventory(inventory, source={"repo": str(app_repo.path)})
+    return Cli(inventory)
+
+
+def health_releases(fleet: Fleet) -> dict[str, str | None]:
+    """What each host's app says it runs, straight from its /health endpoint."""
+    out = {}
+    for host in fleet.hosts:
+        answer = host.health()
+        out[host.name] = answer["release"] if answer else None
+    return out
+
+
+def current_release(host_deploy_to: Path) -> str | None:
+    link = host_deploy_to / "current"
+    return os.readlink(link).rsplit("/", 1)[-1] if link.is_symlink() else None

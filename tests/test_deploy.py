@@ -1,0 +1,194 @@
+"""`inv deploy` / `inv rollback` / `inv releases` end to end, against a real 3-host fleet.
+
+Tests in this module share one fleet and run in file order: each builds on the
+releases the previous ones left, as a real fleet's history would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import AppRepo, Cli, current_release, health_releases
+
+from deploytools.sandbox import Fleet
+
+
+def release_ids(fleet: Fleet) -> set[str | None]:
+    return {current_release(h.deploy_to) for h in fleet.hosts}
+
+
+def only(values: set[str | None]) -> str:
+    assert len(values) == 1, values
+    value = values.pop()
+    assert value
+    return value
+
+
+def test_fresh_deploy_to_three_hosts(cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
+    sha = app_repo.commit("v1")
+    done = cli("deploy", "--hosts", "prod", check=True)
+    release = only(release_ids(fleet3))
+    assert release.endswith("-" + sha[:7])
+    assert health_releases(fleet3) == {h.name: release for h in fleet3.hosts}
+    shipped = set(app_repo.git("ls-files").splitlines())
+    for host in fleet3.hosts:
+        assert os.readlink(host.deploy_to / "current") == f"releases/{release}"  # relative
+        release_dir = host.deploy_to / "releases" / release
+        manifest = json.loads((release_dir / ".deploytools" / "release.json").read_text())
+        assert set(manifest["files"]) == shipped
+        assert manifest["revision"] == sha and manifest["id"] == release
+        assert manifest["bytecode"]["mode"] == "precompile"
+        assert (release_dir / "REVISION").read_text().strip() == sha
+        assert list((release_dir / "sampleapp" / "__pycache__").glob("views.*.pyc"))
+        assert not (release_dir / ".git").exists()
+        assert f"[{host.name}]" in done.stdout  # per-host progress lines
+    assert "healthy" in done.stdout.split("outcome", 1)[1]  # summary table
+
+
+def test_second_deploy_keeps_previous_release(cli: Cli, fleet3: Fleet,
+                                              app_repo: AppRepo) -> None:
+    first = only(release_ids(fleet3))
+    first_pids = {h.name: h.health()["pid"] for h in fleet3.hosts}
+    app_repo.commit("v2")
+    cli("deploy", "--hosts", "prod", check=True)
+    second = only(release_ids(fleet3))
+    assert second != first
+    for host in fleet3.hosts:
+        answer = host.health()
+        assert answer["release"] == second and answer["version"] == "v2"
+        assert answer["pid"] != first_pids[host.name]  # really restarted
+        assert (host.deploy_to / "releases" / first).is_dir()
+
+
+def test_failing_health_rolls_every_host_back(cli: Cli, fleet3: Fleet,
+                                              app_repo: AppRepo) -> None:
+    good = only(release_ids(fleet3))
+    app_repo.commit("v3-broken", health_status=500)
+    done = cli("deploy", "--hosts", "prod")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    for host in fleet3.hosts:
+        assert host.name in done.stderr and "HTTP 500" in done.stderr
+    assert health_releases(fleet3) == {h.name: good for h in fleet3.hosts}
+    assert release_ids(fleet3) == {good}
+    failed = [p for p in (fleet3.hosts[0].deploy_to / "releases").iterdir()
+              if (p / ".deploytools" / "FAILED").exists()]
+    assert len(failed) == 1 and "HTTP 500" in (failed[0] / ".deploytools" / "FAILED").read_text()
+
+
+def test_crash_at_import_reports_supervisor_reason(cli: Cli, fleet3: Fleet,
+                                                    app_repo: AppRepo) -> None:
+    good = only(release_ids(fleet3))
+    app_repo.commit("v4-crash", crash_on_import=True)
+    done = cli("deploy", "--hosts", "prod")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    # supervisor's own words (state) and the app's last stderr line
+    assert "BACKOFF" in done.stderr or "FATAL" in done.stderr or "EXITED" in done.stderr
+    assert "boom: crash on import" in done.stderr
+    assert health_releases(fleet3) == {h.name: good for h in fleet3.hosts}
+
+
+def test_releases_lists_current_and_failed(cli: Cli, fleet3: Fleet) -> None:
+    done = cli("releases", "--hosts", "prod", check=True)
+    current = only(release_ids(fleet3))
+    for host in fleet3.hosts:
+        assert host.name in done.stdout
+    assert f"* {current}" in done.stdout
+    assert done.stdout.count("FAILED") == 2 * len(fleet3.hosts)
+
+
+def test_rollback_skips_failed_releases(cli: Cli, fleet3: Fleet) -> None:
+    releases = sorted(p.name for p in (fleet3.hosts[0].deploy_to / "releases").iterdir())
+    good_before = only(release_ids(fleet3))
+    expected = releases[releases.index(good_before) - 1]  # v1: the failed ones are newer
+    cli("rollback", "--hosts", "prod", check=True)
+    assert release_ids(fleet3) == {expected}
+    assert health_releases(fleet3) == {h.name: expected for h in fleet3.hosts}
+    # and forward again to a named release
+    cli("rollback", "--hosts", "prod", "--to", good_before, check=True)
+    assert health_releases(fleet3) == {h.name: good_before for h in fleet3.hosts}
+
+
+def test_rollback_refuses_a_failed_release(cli: Cli, fleet3: Fleet) -> None:
+    failed = next(p.name for p in (fleet3.hosts[0].deploy_to / "releases").iterdir()
+                  if (p / ".deploytools" / "FAILED").exists())
+    done = cli("rollback", "--hosts", "prod", "--to", failed)
+    assert done.returncode != 0
+    assert "marked failed" in done.stderr
+
+
+def test_keep_releases_counts_only_good_ones(cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
+    cli.settings(keep_releases=3)
+    for number in range(5):
+        broken = number == 3
+        app_repo.commit(f"k{number}", health_status=500 if broken else 200)
+        done = cli("deploy", "--hosts", "prod")
+        assert done.returncode == (3 if broken else 0), done.stdout + done.stderr
+    current = only(release_ids(fleet3))
+    for host in fleet3.hosts:
+        releases = sorted((host.deploy_to / "releases").iterdir())
+        good = [p.name for p in releases if not (p / ".deploytools" / "FAILED").exists()]
+        assert len(good) == 3 and current in good, [p.name for p in releases]
+        assert len(releases) == 3  # the failed one, older than current, is gone too
+
+
+def test_same_commit_twice_in_a_row_gets_distinct_release_ids(cli: Cli, fleet3: Fleet) -> None:
+    first = only(release_ids(fleet3))
+    cli("deploy", "--hosts", "prod", check=True)
+    cli("deploy", "--hosts", "prod", check=True)
+    assert only(release_ids(fleet3)) not in (first,)
+
+
+# ----------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda d: d["groups"]["prod"]["hosts"]["web1"].update(colour="red"),
+         "groups.prod.hosts.web1.colour"),
+        (lambda d: d["groups"]["prod"]["hosts"]["web2"].update(port="twenty-two"),
+         "groups.prod.hosts.web2.port"),
+        (lambda d: d["defaults"].update(keep_releases="three"), "defaults.keep_releases"),
+    ],
+)
+def test_broken_inventory_exits_2_with_one_line(cli: Cli, tmp_path: Path, edit,
+                                                needle: str) -> None:
+    data = yaml.safe_load(cli.inventory.read_text())
+    edit(data)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(data))
+    done = cli("deploy", "--hosts", "prod", "--inventory", str(broken))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(broken) in lines[0] and needle in lines[0], lines
+
+
+def test_missing_inventory_and_unknown_host(cli: Cli, tmp_path: Path) -> None:
+    done = cli("deploy", "--hosts", "prod", "--inventory", str(tmp_path / "missing.yaml"))
+    assert done.returncode == 2 and "inventory file not found" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = cli("deploy", "--hosts", "web7")
+    assert done.returncode == 2
+    assert "'web7'" in done.stderr and "prod (group)" in done.stderr and "web1" in done.stderr
+
+
+def test_unknown_host_key_is_refused(cli: Cli, fleet3: Fleet, tmp_path: Path) -> None:
+    data = yaml.safe_load(cli.inventory.read_text())
+    other = tmp_path / "known_hosts"
+    lines = fleet3.known_hosts.read_text().splitlines()
+    other.write_text("\n".join(lines[1:]) + "\n")  # web1's key missing
+    data["ssh"]["known_hosts"] = str(other)
+    inventory = tmp_path / "inv.yaml"
+    inventory.write_text(yaml.safe_dump(data))
+    before = health_releases(fleet3)
+    done = cli("deploy", "--hosts", "prod", "--inventory", str(inventory))
+    assert done.returncode == 6, done.stdout + done.stderr
+    assert "web1" in done.stderr and "unknown host key" in done.stderr
+    assert health_releases(fleet3) == before  # nobody switched
