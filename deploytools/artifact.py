@@ -90,8 +90,9 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
     if source.get("repo"):
         ref = ref or source.get("ref") or "HEAD"
         repo = _local_repo(source["repo"])
-        revision = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
-                        what=f"ref {ref!r} not found in {source['repo']}").strip()
+        revision = resolve_revision(source, ref, repo)
+        if not revision:
+            raise ConfigError(f"ref {ref!r} not found in {source['repo']}")
         archive = subprocess.run(["git", "-C", repo, "archive", "--format=tar", revision],
                                  capture_output=True, check=False)
         if archive.returncode:
@@ -132,11 +133,14 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
 _Member = tuple[tarfile.TarInfo, bytes | None]
 
 
-def _git(repo: str, *args: str, what: str) -> str:
-    done = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise ConfigError(what)
-    return done.stdout
+def resolve_revision(source: Mapping[str, Any], ref: str, repo: str | None = None) -> str | None:
+    """The full commit sha of `ref` in the source repository, or None if it names none."""
+    repo = repo or source.get("repo")
+    if not repo or not os.path.isdir(repo):
+        return None
+    done = subprocess.run(["git", "-C", repo, "rev-parse", "--verify", "--quiet",
+                           f"{ref}^{{commit}}"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def _local_repo(repo: str) -> str:

@@ -132,9 +132,7 @@ def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
                    lock_wait: float = 0, need_bytes: int = 0) -> None:
     """Connect, run preflight checks and take the deploy lock, in one round trip."""
     step_started = time.monotonic()
-    run.conn = HostConnection(run.host)
-    run.conn.open()
-    run.state = CONNECTED
+    connect(run)
     settings = run.host.settings
     request: dict[str, Any] = {
         "op": "preflight",
@@ -158,6 +156,13 @@ def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
         run.lock_token = owner["token"] if owner else None
         run.state = LOCKED
     run.timings["check"] = time.monotonic() - step_started
+
+
+def connect(run: HostRun) -> None:
+    """Open the run's single SSH connection to this host (host key verified)."""
+    run.conn = HostConnection(run.host)
+    run.conn.open()
+    run.state = CONNECTED
 
 
 def describe_lock_holder(holder: dict[str, Any]) -> str:
@@ -204,7 +209,7 @@ def activation_request(run: HostRun, target: str, fallback: str | None,
         "op": "activate",
         "deploy_to": run.host.deploy_to,
         "target": target,
-        "fallback": fallback,
+        "fallback": fallback if fallback != target else None,
         "mark_failed": mark_failed,
         "supervisor": settings["supervisor"],
         "programs": settings["supervisor"]["programs"],
@@ -367,8 +372,7 @@ def list_releases(hosts: list[Host], console: Console) -> RunResult:
     runs = [HostRun(host) for host in hosts]
 
     def read(run: HostRun) -> None:
-        run.conn = HostConnection(run.host)
-        run.conn.open()
+        connect(run)
         result = call(run, {"op": "releases", "deploy_to": run.host.deploy_to}, console)
         run.facts.update(result)
         run.release = result["current"]
@@ -386,10 +390,49 @@ def list_releases(hosts: list[Host], console: Console) -> RunResult:
                      "%Y-%m-%d %H:%M:%S", time.localtime(r["switched_at"])) or "-",
                  f"FAILED: {r['failed']}" if r["failed"] else ""]
                 for r in run.facts["releases"]]
-        console._write(f"\n{run.name} ({run.host.address}:{run.host.deploy_to})")
+        console.line(f"\n{run.name} ({run.host.address}:{run.host.deploy_to})")
         if rows:
             console.table(["release", "revision", "switched at", "status"], rows)
         else:
-            console._write("  no releases")
+            console.line("  no releases")
     code = ExitCode.OK if all(r.state == HEALTHY for r in runs) else exit_code_for(runs)
     return RunResult("releases", new_run_id(), None, runs, code, started, time.time())
+
+
+# =========================================================================== clear-cache
+
+
+def clear_cache(hosts: list[Host], console: Console, *, path: str | None = None,
+                restart: bool = False, include_venv: bool = False,
+                lock_wait: float = 0) -> RunResult:
+    """Remove bytecode from the current release (or PATH) under the deploy lock; optionally
+    restart the programs (stop -> start) and health-check them."""
+    for host in hosts:
+        if path and not (path.rstrip("/") + "/").startswith(host.deploy_to + "/"):
+            raise ConfigError(f"--path {path} is not under deploy_to {host.deploy_to} "
+                              f"of {host.name}")
+    started = time.time()
+    run_id = new_run_id()
+    runs = [HostRun(host) for host in hosts]
+    try:
+        owner = lock_owner(run_id, "clear-cache", None)
+        in_parallel(runs, lambda r: check_and_lock(r, console, owner, lock_wait), console)
+        if not stop_if_any_failed(runs, console, "preflight"):
+            in_parallel(runs, lambda r: clear_host(r, console, path, restart, include_venv),
+                        console)
+        return finish(runs, console, "clear-cache", run_id, None, started)
+    finally:
+        close_all(runs)
+
+
+def clear_host(run: HostRun, console: Console, path: str | None, restart: bool,
+               include_venv: bool) -> None:
+    result = call(run, {"op": "clear_cache", "deploy_to": run.host.deploy_to, "path": path,
+                        "include_venv": include_venv}, console)
+    run.facts["cleared"] = result
+    if restart:
+        if not run.previous:
+            raise RemoteError(run.name, "no current release to restart")
+        activate(run, console, run.previous, fallback=None, mark_failed=False)
+    else:
+        run.state = HEALTHY

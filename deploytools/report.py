@@ -87,6 +87,10 @@ class Console:
             self.stream.write(mask_secrets(line) + "\n")
             self.stream.flush()
 
+    def line(self, text: str) -> None:
+        """A line of a report (tables, verify rows): shown even when progress is quiet."""
+        self._write(text)
+
     def info(self, message: str) -> None:
         if not self.quiet:
             self._write(f"{time.strftime('%H:%M:%S')} {message}")

@@ -87,6 +87,32 @@ def releases(c: Context, hosts: str | None = None, inventory: str | None = None,
     _run(debug, lambda console: flow.list_releases(_select(c, hosts, inventory), console))
 
 
+@task(help={**COMMON_HELP,
+            "expect": "Release id, revision or git ref that current must be."})
+def verify(c: Context, hosts: str | None = None, inventory: str | None = None,
+           expect: str | None = None, debug: bool = False) -> None:
+    """Prove each host runs the code shipped: current, files, bytecode, processes, health."""
+    from deploytools.verify import verify_fleet
+
+    _run(debug, lambda console: verify_fleet(_select(c, hosts, inventory), console,
+                                             expect=expect))
+
+
+@task(name="clear-cache",
+      help={**COMMON_HELP,
+            "path": "Directory to clean (must lie under deploy_to; default: current).",
+            "restart": "Then stop/start the supervisor programs and health-check.",
+            "include_venv": "Also clean inside virtualenvs (.venv, venv).",
+            "lock_wait": "Seconds to wait for another run's lock."})
+def clear_cache(c: Context, hosts: str | None = None, inventory: str | None = None,
+                path: str | None = None, restart: bool = False, include_venv: bool = False,
+                lock_wait: float = 0, debug: bool = False) -> None:
+    """Remove __pycache__ dirs and *.pyc/*.pyo under the current release; optionally restart."""
+    _run(debug, lambda console: flow.clear_cache(
+        _select(c, hosts, inventory), console, path=path, restart=restart,
+        include_venv=include_venv, lock_wait=lock_wait))
+
+
 @task(help={"hosts": "Number of simulated hosts (default 3).",
             "keep": "Leave the sandbox running and print how to use and stop it."})
 def demo(c: Context, hosts: int = 3, keep: bool = False, debug: bool = False) -> None:
@@ -96,5 +122,5 @@ def demo(c: Context, hosts: int = 3, keep: bool = False, debug: bool = False) ->
     _run(debug, lambda console: run_demo(console, hosts=hosts, keep=keep))
 
 
-collection = Collection(deploy, rollback, releases, demo)
+collection = Collection(deploy, rollback, releases, verify, clear_cache, demo)
 collection.configure({"deploytools": {"inventory": None, "hosts": None}})

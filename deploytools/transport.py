@@ -155,6 +155,8 @@ class HostConnection:
     def _explain(self, exc: Exception, known_hosts: str | None) -> UnreachableError:
         where = f"{self.host.address}:{self.host.port}"
         retryable = False
+        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) and exc.errors:
+            exc = next(iter(exc.errors.values()))  # the OS error behind paramiko's wrapper
         if isinstance(exc, paramiko.BadHostKeyException):
             text = (f"host key for {where} CHANGED (expected {exc.expected_key.get_name()} "
                     f"{exc.expected_key.get_fingerprint().hex()}, got "

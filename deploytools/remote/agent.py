@@ -24,7 +24,8 @@ import time
 import traceback
 from typing import Any, BinaryIO, Callable, Dict, List, Optional
 
-from deploytools.remote import bytecode, health
+from deploytools.remote import bytecode, health, verify
+from deploytools.remote.health import expand_placeholders
 from deploytools.remote.releases import MANIFEST, META_DIR, Layout
 from deploytools.remote.supervisor import Supervisor, SupervisorError, process_facts
 
@@ -56,28 +57,6 @@ def python_facts() -> Dict[str, Any]:
         "magic": importlib.util.MAGIC_NUMBER.hex(),
         "cache_tag": sys.implementation.cache_tag,
     }
-
-
-def expand(template: Any, values: Dict[str, str]) -> Any:
-    """Fill {host}, {release}, {revision}, ... in strings, lists and maps (no str.format:
-    user text may contain other braces)."""
-    if isinstance(template, str):
-        for key, value in values.items():
-            template = template.replace("{%s}" % key, value)
-        return template
-    if isinstance(template, dict):
-        return {k: expand(v, values) for k, v in template.items()}
-    if isinstance(template, list):
-        return [expand(v, values) for v in template]
-    return template
-
-
-def release_values(layout: Layout, release_id: str, base: Dict[str, str]) -> Dict[str, str]:
-    manifest = layout.manifest(release_id) or {}
-    values = dict(base)
-    values.update({"release": release_id, "revision": str(manifest.get("revision") or ""),
-                   "deploy_to": layout.deploy_to})
-    return values
 
 
 # --------------------------------------------------------------------------- ops
@@ -295,7 +274,7 @@ def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any]) -> Di
         steps["programs"] = restart(layout, req)
         spec = req.get("health")
         if spec and spec.get("url"):
-            spec = expand(spec, release_values(layout, target, req.get("values") or {}))
+            spec = expand_placeholders(spec, layout.placeholders(target, req.get("values") or {}))
             result = health.check(spec)
             steps["health"] = result
             if not result["ok"]:
@@ -386,6 +365,35 @@ def op_resolve_rollback(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]
     return {"current": current, "target": target}
 
 
+def op_verify(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+    return verify.verify(req)
+
+
+def op_clear_cache(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+    """Remove bytecode under the current release (or `path`, which must lie in deploy_to)."""
+    layout = Layout(req["deploy_to"])
+    root = os.path.realpath(req.get("path") or layout.current)
+    base = os.path.realpath(layout.deploy_to)
+    if not (root + "/").startswith(base + "/") or root == base + "/releases":
+        raise AgentError("%s is not inside a release under %s" % (root, layout.deploy_to),
+                         "config")
+    if not os.path.isdir(root):
+        raise AgentError("%s does not exist" % root)
+    skip = ((".git", "node_modules") if req.get("include_venv")
+            else bytecode.DEFAULT_SKIP_DIRS)
+    counts = bytecode.clear_tree(root, skip_dirs=skip)
+    current = layout.current_id()
+    edits: List[str] = []
+    if current and (root + "/").startswith(os.path.realpath(layout.release(current)) + "/"):
+        edits = verify.acknowledge_edits(layout, current)
+        if edits:
+            event("acknowledged in-place edits: %s" % ", ".join(edits[:10]))
+    event("removed %d __pycache__ dirs and %d bytecode files under %s"
+          % (counts["dirs"], counts["files"], root))
+    return {"path": root, "dirs": counts["dirs"], "files": counts["files"],
+            "errors": counts.get("errors", []), "current": current, "edits": edits}
+
+
 OPS: Dict[str, Callable[[Dict[str, Any], BinaryIO], Dict[str, Any]]] = {
     "preflight": op_preflight,
     "prepare": op_prepare,
@@ -394,6 +402,8 @@ OPS: Dict[str, Callable[[Dict[str, Any], BinaryIO], Dict[str, Any]]] = {
     "unlock": op_unlock,
     "releases": op_releases,
     "resolve_rollback": op_resolve_rollback,
+    "verify": op_verify,
+    "clear_cache": op_clear_cache,
 }
 
 

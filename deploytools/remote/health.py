@@ -15,6 +15,20 @@ import urllib.request
 from typing import Any, Dict, Optional
 
 
+def expand_placeholders(template: Any, values: Dict[str, str]) -> Any:
+    """Fill {host}, {release}, {revision}, ... in strings, lists and maps (not str.format:
+    user text may hold other braces)."""
+    if isinstance(template, str):
+        for key, value in values.items():
+            template = template.replace("{%s}" % key, value)
+        return template
+    if isinstance(template, dict):
+        return {k: expand_placeholders(v, values) for k, v in template.items()}
+    if isinstance(template, (list, tuple)):
+        return [expand_placeholders(v, values) for v in template]
+    return template
+
+
 def _lookup(document: Any, dotted: str) -> Any:
     node = document
     for part in dotted.split("."):
@@ -80,9 +94,9 @@ def check(spec: Dict[str, Any], deadline_seconds: Optional[float] = None) -> Dic
             if not problem:
                 return {"ok": True, "attempts": attempts, "status": status,
                         "seconds": round(time.time() - started, 3),
-                        "body": body[:500].decode("utf-8", "replace")}
+                        "body": body[:4096].decode("utf-8", "replace")}
         if time.time() + interval > deadline:
             return {"ok": False, "attempts": attempts, "status": status, "error": problem,
                     "seconds": round(time.time() - started, 3),
-                    "body": body[:500].decode("utf-8", "replace")}
+                    "body": body[:4096].decode("utf-8", "replace")}
         time.sleep(interval)

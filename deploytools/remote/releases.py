@@ -82,6 +82,14 @@ class Layout:
         except (OSError, ValueError):
             return None
 
+    def placeholders(self, release_id: str, base: Dict[str, str]) -> Dict[str, str]:
+        """Values for {release}, {revision} and {deploy_to} on top of the controller's."""
+        manifest = self.manifest(release_id) or {}
+        values = dict(base)
+        values.update({"release": release_id, "revision": str(manifest.get("revision") or ""),
+                       "deploy_to": self.deploy_to})
+        return values
+
     def state(self, release_id: str) -> Dict[str, Any]:
         try:
             with open(os.path.join(self.release(release_id), META_DIR, STATE_FILE)) as fh:

@@ -184,6 +184,10 @@ class Supervisor:
         """supervisor's own words on why a program is not running, plus its last stderr line."""
         try:
             info = self.info(name)
+            deadline = time.time() + 3
+            while info["statename"] == "STARTING" and time.time() < deadline:
+                time.sleep(0.05)  # let supervisord settle on BACKOFF/FATAL/EXITED
+                info = self.info(name)
         except (xmlrpc.client.Fault, SupervisorError):
             return "%s failed to start: %s" % (name, fault)
         return "%s failed to start (%s%s)%s" % (
@@ -219,11 +223,13 @@ def process_facts(pid: int) -> Dict[str, Any]:
     try:
         with open("/proc/%d/stat" % pid) as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
-        start_ticks = int(fields[19])
-        with open("/proc/stat") as fh:
-            btime = next(int(line.split()[1]) for line in fh if line.startswith("btime"))
-        facts["started_at"] = btime + start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, ValueError, IndexError):
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        # Seconds since boot in clock ticks, turned into epoch time against "now": exact to
+        # a tick, unlike /proc/stat's btime, which is rounded to whole seconds.
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        facts["started_at"] = time.time() - (uptime - since_boot)
+    except (OSError, ValueError, IndexError):
         pass
     return facts
 

@@ -1,0 +1,257 @@
+"""The proof checks, run on the host in one round trip (stdlib only, read-only).
+
+Each check returns a row ``{"check", "ok", "detail", "evidence", "fix"}``: what was
+looked at, what was found, and what would fix it. Nothing here writes to the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+from deploytools.remote import bytecode, health
+from deploytools.remote.releases import META_DIR, Layout
+from deploytools.remote.supervisor import Supervisor, children_of, process_facts
+
+FIX_RESTART = "restart from the current release: `inv clear-cache --restart` or `inv deploy`"
+FIX_REDEPLOY = "redeploy: `inv deploy` (a release must never be edited in place)"
+# Clock ticks make process start times exact to 10 ms; allow that much.
+START_TOLERANCE = 0.05
+
+
+def row(check: str, ok: bool, detail: str, evidence: Any = None,
+        fix: Optional[str] = None) -> Dict[str, Any]:
+    return {"check": check, "ok": ok, "detail": detail, "evidence": evidence,
+            "fix": None if ok else fix}
+
+
+def verify(req: Dict[str, Any]) -> Dict[str, Any]:
+    layout = Layout(req["deploy_to"])
+    rows: List[Dict[str, Any]] = []
+    release_id = layout.current_id()
+    current_row = check_current(layout, release_id, req.get("expect"))
+    rows.append(current_row)
+    if not current_row["ok"] and release_id is None:
+        return {"release": None, "checks": rows}
+    release_dir = layout.release(release_id)
+    manifest = layout.manifest(release_id) or {}
+    rows.append(check_integrity(layout, release_id, manifest))
+    rows.append(check_bytecode(release_dir, manifest))
+    rows.extend(check_processes(layout, release_dir, req))
+    if (req.get("health") or {}).get("url"):
+        rows.append(check_health(layout, release_id, req))
+    return {"release": release_id, "revision": manifest.get("revision"), "checks": rows}
+
+
+def check_current(layout: Layout, release_id: Optional[str],
+                  expect: Optional[str]) -> Dict[str, Any]:
+    if not os.path.islink(layout.current):
+        return row("current", False, "%s is not a symlink" % layout.current,
+                   fix="deploy a release: `inv deploy`")
+    target = os.readlink(layout.current)
+    if release_id is None:
+        return row("current", False, "current -> %s does not resolve to a release" % target,
+                   fix="`inv rollback --to ID` to a release that exists")
+    manifest = layout.manifest(release_id)
+    if not manifest or manifest.get("id") != release_id:
+        return row("current", False, "releases/%s has no valid manifest" % release_id,
+                   evidence=target, fix=FIX_REDEPLOY)
+    evidence = {"release": release_id, "revision": manifest.get("revision"), "link": target}
+    if expect and not matches(expect, release_id, manifest.get("revision")):
+        return row("current", False, "current is %s (revision %s), expected %s" % (
+            release_id, str(manifest.get("revision"))[:12], expect), evidence,
+            fix="deploy or roll back to %s" % expect)
+    failed = layout.failure(release_id)
+    if failed:
+        return row("current", False, "current release %s is marked failed: %s"
+                   % (release_id, failed), evidence, fix="`inv rollback`")
+    return row("current", True, "current -> releases/%s (revision %s)"
+               % (release_id, str(manifest.get("revision"))[:12]), evidence)
+
+
+def matches(expect: str, release_id: str, revision: Optional[str]) -> bool:
+    if expect == release_id:
+        return True
+    return bool(revision) and len(expect) >= 7 and str(revision).startswith(expect)
+
+
+def integrity_changes(release_dir: str, manifest: Dict[str, Any]) -> Dict[str, List[str]]:
+    """Files that differ from the manifest: changed, missing, and .py files never shipped."""
+    files: Dict[str, str] = manifest.get("files") or {}
+    skip = set(manifest.get("shared_paths") or [])
+    changed, missing = [], []
+    for rel, digest in sorted(files.items()):
+        if rel in skip:
+            continue
+        path = os.path.join(release_dir, rel)
+        try:
+            if digest.startswith("symlink:"):
+                if os.readlink(path) != digest[len("symlink:"):]:
+                    changed.append(rel)
+            elif sha256(path) != digest:
+                changed.append(rel)
+        except OSError:
+            missing.append(rel)
+    extra = sorted(rel for rel in python_files(release_dir, skip) if rel not in files)
+    return {"changed": changed, "missing": missing, "unshipped": extra}
+
+
+def acknowledge_edits(layout: Layout, release_id: str) -> List[str]:
+    """Record the release's in-place edits as deliberate (`inv clear-cache` does this).
+
+    The manifest stays as shipped; the record (path -> sha256 now) lives beside it, so
+    verify can tell an acknowledged hotfix from an unexplained change.
+    """
+    release_dir = layout.release(release_id)
+    changes = integrity_changes(release_dir, layout.manifest(release_id) or {})
+    edits = {}
+    for rel in changes["changed"] + changes["unshipped"]:
+        path = os.path.join(release_dir, rel)
+        edits[rel] = "symlink:" + os.readlink(path) if os.path.islink(path) else sha256(path)
+    for rel in changes["missing"]:
+        edits[rel] = "deleted"
+    layout.write_state(release_id, in_place_edits=edits, edits_acknowledged_at=time.time())
+    return sorted(edits)
+
+
+def check_integrity(layout: Layout, release_id: str, manifest: Dict[str, Any]) -> Dict[str, Any]:
+    release_dir = layout.release(release_id)
+    changes = integrity_changes(release_dir, manifest)
+    acknowledged = layout.state(release_id).get("in_place_edits") or {}
+    unexplained: Dict[str, List[str]] = {}
+    for kind, paths in changes.items():
+        for rel in paths:
+            path = os.path.join(release_dir, rel)
+            now = "deleted" if kind == "missing" else (
+                "symlink:" + os.readlink(path) if os.path.islink(path) else sha256(path))
+            if acknowledged.get(rel) != now:
+                unexplained.setdefault(kind, []).append(rel)
+    count = len(manifest.get("files") or {})
+    evidence = dict(changes, acknowledged=sorted(acknowledged))
+    if unexplained:
+        detail = "; ".join("%d %s (%s)" % (len(v), k.replace("unshipped", ".py not shipped"),
+                                            ", ".join(v[:5])) for k, v in unexplained.items())
+        return row("integrity", False, detail, evidence,
+                   FIX_REDEPLOY + ", or acknowledge a deliberate hotfix with "
+                   "`inv clear-cache --restart`")
+    note = ""
+    if acknowledged:
+        note = "; %d in-place edits acknowledged by clear-cache (%s)" % (
+            len(acknowledged), ", ".join(sorted(acknowledged)[:5]))
+    return row("integrity", True, "%d files match the manifest%s" % (count, note), evidence)
+
+
+def python_files(root: str, skip: "set[str]") -> List[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        dirnames[:] = [d for d in dirnames if d not in bytecode.DEFAULT_SKIP_DIRS
+                       and d not in ("__pycache__", META_DIR) and rel_dir + d not in skip]
+        out.extend(rel_dir + f for f in filenames if f.endswith(".py"))
+    return out
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_bytecode(release_dir: str, manifest: Dict[str, Any]) -> Dict[str, Any]:
+    scan = bytecode.scan_tree(release_dir)
+    importable = [o for o in scan["orphans"] if o["importable"]]
+    problems = ["stale %s: %s" % (s["pyc"], s["reason"]) for s in scan["stale"]]
+    problems += ["orphan %s: %s" % (o["pyc"], o["reason"]) for o in importable]
+    problems += ["unreadable %s: %s" % (e["path"], e["error"]) for e in scan["errors"]]
+    evidence = {k: scan[k] for k in ("checked", "sources", "stale", "orphans",
+                                     "other_interpreters", "errors", "cache_tag")}
+    if problems:
+        return row("bytecode", False, "; ".join(problems[:5]) + (
+            " (+%d more)" % (len(problems) - 5) if len(problems) > 5 else ""), evidence,
+            "clear stale bytecode and restart: `inv clear-cache --restart`")
+    notes = ""
+    if scan["other_interpreters"]:
+        notes = "; %d pycs of other interpreters (ignored)" % len(scan["other_interpreters"])
+    return row("bytecode", True, "%d pycs match their sources, no importable orphans%s"
+               % (scan["checked"], notes), evidence)
+
+
+def check_processes(layout: Layout, release_dir: str, req: Dict[str, Any]) -> List[Dict[str, Any]]:
+    try:
+        sup = Supervisor(req["supervisor"], timeout=10)
+        names = sup.expand(list(req["programs"]))
+    except Exception as exc:
+        return [row("processes", False, str(exc), fix="check supervisord on the host")]
+    link_stat = os.lstat(layout.current)
+    switched_at = link_stat.st_mtime  # the symlink is born at the switch; rename keeps it
+    rows = []
+    for name in names:
+        info = sup.info(name)
+        check = "process %s" % name
+        if info["statename"] != "RUNNING":
+            rows.append(row(check, False, "%s is %s%s" % (
+                name, info["statename"], (": " + info["description"]) if info.get(
+                    "description") else ""), {"state": info["statename"]}, FIX_RESTART))
+            continue
+        facts = process_facts(info["pid"])
+        problems = []
+        cwd = facts["cwd"] or ""
+        if not (cwd + "/").startswith(release_dir + "/"):
+            problems.append("runs in %s, not in the current release" % (cwd or "?"))
+        started = facts["started_at"]
+        if started is not None and started + START_TOLERANCE < switched_at:
+            problems.append("started %s, before current was switched at %s" % (
+                stamp(started), stamp(switched_at)))
+        old_children = [c for c in children_of(info["pid"])
+                        if (process_facts(c)["started_at"] or switched_at) + START_TOLERANCE
+                        < switched_at]
+        if old_children:
+            problems.append("child processes %s started before the switch" % old_children)
+        evidence = {"pid": info["pid"], "cwd": cwd, "started_at": started,
+                    "switched_at": switched_at}
+        if problems:
+            rows.append(row(check, False, "pid %d %s" % (info["pid"], "; ".join(problems)),
+                            evidence, FIX_RESTART))
+        else:
+            rows.append(row(check, True, "pid %d RUNNING in the current release, started %s "
+                            "(after the switch at %s)" % (info["pid"], stamp(started or 0),
+                                                          stamp(switched_at)), evidence))
+    return rows
+
+
+def stamp(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch)) + ("%.2f" % (epoch % 1))[1:]
+
+
+def check_health(layout: Layout, release_id: str, req: Dict[str, Any]) -> Dict[str, Any]:
+    spec = health.expand_placeholders(req["health"],
+                                      layout.placeholders(release_id, req.get("values") or {}))
+    spec["timeout"] = min(float(spec.get("timeout") or 5), 5.0)
+    result = health.check(spec)
+    reported = reported_release(result.get("body") or "")
+    evidence = {"status": result.get("status"), "reported_release": reported,
+                "attempts": result.get("attempts")}
+    if reported is not None and reported != release_id:
+        return row("health", False, "health reports release %s, expected %s"
+                   % (reported, release_id), evidence, FIX_RESTART)
+    if not result["ok"]:
+        return row("health", False, result.get("error") or "unhealthy", evidence, FIX_RESTART)
+    return row("health", True, "HTTP %s%s" % (
+        result.get("status"), ", reports release %s" % reported if reported else ""), evidence)
+
+
+def reported_release(body: str) -> Optional[str]:
+    """The release id an app reports in a JSON health body, if it reports one."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(document, dict) and isinstance(document.get("release"), str):
+        return document["release"]
+    return None

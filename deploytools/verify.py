@@ -1,0 +1,86 @@
+"""`inv verify`: prove, host by host, that the code shipped is the code that runs.
+
+The checks run on each host in one read-only round trip (deploytools/remote/verify.py):
+current points at a release with a valid manifest (and the expected one, with
+--expect); every shipped file is intact; no bytecode is stale or orphaned; every
+supervised program runs from that release and was started after it was switched in;
+the health endpoint answers and reports that release.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from deploytools.artifact import resolve_revision
+from deploytools.errors import ExitCode, RemoteError
+from deploytools.flow import RunResult, call, close_all, connect, exit_code_for, new_run_id
+from deploytools.inventory import Host
+from deploytools.report import FAILED, HEALTHY, UNREACHABLE, Console, HostRun
+from deploytools.rollout import in_parallel
+
+
+def verify_request(run: HostRun, expect: str | None) -> dict[str, Any]:
+    settings = run.host.settings
+    return {
+        "op": "verify",
+        "deploy_to": run.host.deploy_to,
+        "expect": expect,
+        "supervisor": settings["supervisor"],
+        "programs": settings["supervisor"]["programs"],
+        "health": settings["health"],
+        "values": {"host": run.host.address, "name": run.name, "deploy_to": run.host.deploy_to},
+    }
+
+
+def verify_host(run: HostRun, console: Console, expect: str | None) -> None:
+    """Run the checks on one host; the host passes only when every check passes."""
+    if run.conn is None:
+        connect(run)
+    result = call(run, verify_request(run, expect), console, quiet=True)
+    run.release = result["release"]
+    run.facts["verify"] = result
+    failed = [c for c in result["checks"] if not c["ok"]]
+    if failed:
+        raise RemoteError(run.name, "; ".join(f"{c['check']}: {c['detail']}" for c in failed))
+    run.state = HEALTHY
+
+
+def verify_fleet(hosts: list[Host], console: Console, expect: str | None = None) -> RunResult:
+    """Verify every host; exit 0 only when every check passes everywhere."""
+    started = time.time()
+    if expect:
+        expect = resolve_revision(hosts[0].settings["source"], expect) or expect
+    runs = [HostRun(host) for host in hosts]
+    try:
+        in_parallel(runs, lambda r: verify_host(r, console, expect), console)
+    finally:
+        close_all(runs)
+    show_checks(runs, console)
+    if all(r.state == HEALTHY for r in runs):
+        code = ExitCode.OK
+    elif any(r.state == UNREACHABLE for r in runs):
+        code = exit_code_for(runs)
+    else:
+        code = ExitCode.VERIFY_FAILED
+    return RunResult("verify", new_run_id(), None, runs, code, started, time.time(),
+                     extra={"expect": expect})
+
+
+def show_checks(runs: list[HostRun], console: Console) -> None:
+    """Per host, one row per check with its evidence; fixes under the failing ones."""
+    for run in runs:
+        checks = (run.facts.get("verify") or {}).get("checks")
+        verdict = "ok" if run.state == HEALTHY else "FAILED"
+        console.line(f"\n{run.name} ({run.host.address}): {verdict}")
+        if not checks:
+            console.line(f"  {run.error}")
+            continue
+        for check in checks:
+            console.line(f"  {'ok  ' if check['ok'] else 'FAIL'}  {check['check']:<18} "
+                         f"{check['detail']}")
+            if check.get("fix"):
+                console.line(f"        fix: {check['fix']}")
+    failing = [r for r in runs if r.state == FAILED or r.state == UNREACHABLE]
+    console.line("")
+    console.line(f"verify: {len(runs) - len(failing)} of {len(runs)} hosts pass")
