@@ -82,15 +82,22 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
             return finish(runs, console, "deploy", run_id, artifact, started)
         artifact.avoid_ids({row["id"] for r in runs for row in r.facts["releases"]})
 
-        in_parallel(runs, lambda r: prepare(r, console, artifact), console)
+        once = runs[0]  # run_once hooks (migrations) run on the first host only
+        in_parallel(runs, lambda r: prepare(r, console, artifact, r is once), console)
         if stop_if_any_failed(runs, console, "prepare"):
             return finish(runs, console, "deploy", run_id, artifact, started)
+        if any(r.host.get("hooks.before_switch") for r in runs):
+            in_parallel(runs, lambda r: run_hook_point(r, console, "before_switch",
+                                                       artifact.release_id, r is once), console)
+            if stop_if_any_failed(runs, console, "before_switch"):
+                return finish(runs, console, "deploy", run_id, artifact, started)
 
         size = parse_serial(serial, len(runs))
         for number, batch in enumerate(batches(runs, size), 1):
             if len(runs) > size:
                 console.info(f"batch {number}: {', '.join(r.name for r in batch)}")
-            in_parallel(batch, lambda r: activate(r, console, artifact.release_id), console)
+            in_parallel(batch, lambda r: activate(r, console, artifact.release_id,
+                                                  run_once_here=r is once), console)
             if stop_if_any_failed(runs, console, "activate"):
                 break
         return finish(runs, console, "deploy", run_id, artifact, started)
@@ -140,6 +147,7 @@ def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
         "supervisor": settings["supervisor"],
         "programs": settings["supervisor"]["programs"],
         "min_free_mb": 3 * need_bytes // (1024 * 1024) + 1,
+        "shared": settings["shared"],
     }
     if owner:
         request["lock"] = {"owner": owner, "wait": lock_wait, "expiry": settings["lock_expiry"]}
@@ -173,7 +181,7 @@ def describe_lock_holder(holder: dict[str, Any]) -> str:
             f"{holder.get('release')}, for {age}s{stale}; retry later or pass --lock-wait")
 
 
-def prepare(run: HostRun, console: Console, artifact: Artifact) -> None:
+def prepare(run: HostRun, console: Console, artifact: Artifact, run_once_here: bool) -> None:
     """Create releases/<id> from the artifact; the host still serves its old release."""
     step_started = time.monotonic()
     settings = run.host.settings
@@ -185,6 +193,9 @@ def prepare(run: HostRun, console: Console, artifact: Artifact) -> None:
         "artifact_size": artifact.size,
         "bytecode": settings["bytecode"],
         "pyc_invalidation": settings["pyc_invalidation"],
+        "shared": settings["shared"],
+        "venv": settings.get("venv"),
+        **hook_context(run, run_once_here),
     }
     result = call(run, request, console, upload=artifact.stream())
     run.facts["prepare"] = result
@@ -193,11 +204,12 @@ def prepare(run: HostRun, console: Console, artifact: Artifact) -> None:
 
 
 def activate(run: HostRun, console: Console, release_id: str, *, fallback: str | None = None,
-             mark_failed: bool = True) -> None:
+             mark_failed: bool = True, action: str = "deploy", run_once_here: bool = False) -> None:
     """Switch, restart, health-check on the host; on failure it switches back itself."""
     step_started = time.monotonic()
-    result = call(run, activation_request(run, release_id, fallback or run.previous,
-                                          mark_failed), console)
+    request = activation_request(run, release_id, fallback or run.previous, mark_failed)
+    request.update(action=action, **hook_context(run, run_once_here))
+    result = call(run, request, console)
     record_activation(run, result)
     run.timings["activate"] = time.monotonic() - step_started
 
@@ -214,9 +226,29 @@ def activation_request(run: HostRun, target: str, fallback: str | None,
         "supervisor": settings["supervisor"],
         "programs": settings["supervisor"]["programs"],
         "health": settings["health"],
-        "values": {"host": run.host.address, "name": run.name,
-                   "deploy_to": run.host.deploy_to},
     }
+
+
+def hook_context(run: HostRun, run_once_here: bool) -> dict[str, Any]:
+    """What the agent needs to run hooks and fill placeholders for this host."""
+    return {
+        "hooks": run.host.settings["hooks"],
+        "run_once_here": run_once_here,
+        "values": host_values(run),
+    }
+
+
+def host_values(run: HostRun) -> dict[str, str]:
+    """Placeholder values known to the controller ({release}/{revision} come from the host)."""
+    return {"host": run.host.address, "name": run.name, "deploy_to": run.host.deploy_to,
+            "previous": run.previous or ""}
+
+
+def run_hook_point(run: HostRun, console: Console, point: str, release_id: str,
+                   run_once_here: bool) -> None:
+    request = {"op": "hooks", "deploy_to": run.host.deploy_to, "point": point,
+               "release_id": release_id, **hook_context(run, run_once_here)}
+    run.facts.setdefault("hooks", []).extend(call(run, request, console)["hooks"])
 
 
 def record_activation(run: HostRun, result: dict[str, Any]) -> None:
@@ -360,7 +392,7 @@ def roll_back_host(run: HostRun, console: Console, to: str | None) -> None:
     target = call(run, {"op": "resolve_rollback", "deploy_to": run.host.deploy_to, "to": to},
                   console)["target"]
     console.host(run.name, f"rolling back {run.previous} -> {target}")
-    activate(run, console, target, fallback=run.previous, mark_failed=False)
+    activate(run, console, target, fallback=run.previous, mark_failed=False, action="rollback")
 
 
 # =========================================================================== releases
@@ -433,6 +465,6 @@ def clear_host(run: HostRun, console: Console, path: str | None, restart: bool,
     if restart:
         if not run.previous:
             raise RemoteError(run.name, "no current release to restart")
-        activate(run, console, run.previous, fallback=None, mark_failed=False)
+        activate(run, console, run.previous, fallback=None, mark_failed=False, action="restart")
     else:
         run.state = HEALTHY

@@ -177,6 +177,28 @@ SSH_SCHEMA: Schema = {
     "command_timeout": _number(1, 86400),
     "accept_new_host_keys": _boolean,
 }
+HOOK_POINTS = ("after_prepare", "before_switch", "after_switch", "after_restart",
+               "after_rollback", "after_failure")
+
+
+def _hook(value: Any, path: str) -> Any:
+    """A hook is a shell command, or {run, run_once, timeout}."""
+    if isinstance(value, str) and value:
+        return value
+    hook = _validate(value, {"run": _string, "run_once": _boolean, "timeout": _number(1, 86400)},
+                     path)
+    if "run" not in hook:
+        raise _Invalid("expected a shell command, or a mapping with 'run'", path)
+    return hook
+
+
+SHARED_SCHEMA: Schema = {"files": _list_of(_relative_path), "dirs": _list_of(_relative_path)}
+HOOKS_SCHEMA: Schema = {point: _list_of(_hook) for point in HOOK_POINTS}
+VENV_SCHEMA: Schema = {
+    "requirements": _relative_path,
+    "pip_args": _list_of(_string),
+    "use_uv": _boolean,
+}
 SETTINGS_SCHEMA: Schema = {
     "deploy_to": _deploy_to,
     "keep_releases": _integer(1, 1000),
@@ -188,6 +210,9 @@ SETTINGS_SCHEMA: Schema = {
     "health": HEALTH_SCHEMA,
     "ssh": SSH_SCHEMA,
     "lock_expiry": _number(1, 7 * 86400),
+    "shared": SHARED_SCHEMA,
+    "hooks": HOOKS_SCHEMA,
+    "venv": VENV_SCHEMA,
 }
 HOST_SCHEMA: Schema = {"host": _string, "port": _integer(1, 65535), "user": _string}
 HOST_SCHEMA = {**HOST_SCHEMA, **SETTINGS_SCHEMA}
@@ -207,6 +232,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
         "accept_new_host_keys": False,
     },
     "lock_expiry": 3600.0,
+    "shared": {"files": (), "dirs": ()},
+    "hooks": {},
 }
 
 
@@ -421,6 +448,9 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
         if not settings["supervisor"].get("programs"):
             raise _Invalid("missing supervisor.programs (the programs to restart)",
                            f"{hpath}.supervisor.programs")
+        if "venv" in settings and not settings["venv"].get("requirements"):
+            raise _Invalid("missing venv.requirements (the requirements file in the release)",
+                           f"{hpath}.venv")
         source = settings["source"]
         if bool(source.get("repo")) == bool(source.get("path")):
             raise _Invalid("expected exactly one of source.repo (git) or source.path (directory)",

@@ -33,7 +33,9 @@ from fabric import Connection
 from deploytools.errors import RemoteError, UnreachableError
 from deploytools.inventory import Host
 
-REMOTE_MODULES = ("bytecode", "health", "releases", "supervisor", "verify", "agent")
+REMOTE_MODULES = (
+    "bytecode", "health", "releases", "supervisor", "hooks", "build", "verify", "agent",
+)
 CHUNK = 256 * 1024
 
 BOOTSTRAP = """\

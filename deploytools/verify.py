@@ -14,7 +14,15 @@ from typing import Any
 
 from deploytools.artifact import resolve_revision
 from deploytools.errors import ExitCode, RemoteError
-from deploytools.flow import RunResult, call, close_all, connect, exit_code_for, new_run_id
+from deploytools.flow import (
+    RunResult,
+    call,
+    close_all,
+    connect,
+    exit_code_for,
+    host_values,
+    new_run_id,
+)
 from deploytools.inventory import Host
 from deploytools.report import FAILED, HEALTHY, UNREACHABLE, Console, HostRun
 from deploytools.rollout import in_parallel
@@ -29,7 +37,7 @@ def verify_request(run: HostRun, expect: str | None) -> dict[str, Any]:
         "supervisor": settings["supervisor"],
         "programs": settings["supervisor"]["programs"],
         "health": settings["health"],
-        "values": {"host": run.host.address, "name": run.name, "deploy_to": run.host.deploy_to},
+        "values": host_values(run),
     }
 
 

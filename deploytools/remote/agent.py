@@ -11,6 +11,7 @@ progress, then exactly one ``{"result": ...}`` or ``{"error": ..., "kind": ...}`
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import importlib.util
@@ -24,7 +25,7 @@ import time
 import traceback
 from typing import Any, BinaryIO, Callable, Dict, List, Optional
 
-from deploytools.remote import bytecode, health, verify
+from deploytools.remote import build, bytecode, health, hooks, verify
 from deploytools.remote.health import expand_placeholders
 from deploytools.remote.releases import MANIFEST, META_DIR, Layout
 from deploytools.remote.supervisor import Supervisor, SupervisorError, process_facts
@@ -85,6 +86,9 @@ def op_preflight(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
                             % (free_mb, layout.deploy_to, need))
     except OSError:
         pass
+    for path in build.missing_shared_files(layout.shared, req.get("shared") or {}):
+        problems.append("shared file %s is missing (create it on the host before deploying)"
+                        % path)
     if req.get("supervisor"):
         try:
             sup = Supervisor(req["supervisor"], timeout=10)
@@ -126,7 +130,7 @@ def wait_for_lock(layout: Layout, lock: Dict[str, Any]) -> Optional[Dict[str, An
 def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     """Build releases/<id> from the artifact stream, off to the side, then rename it in.
 
-    Nothing the app serves changes here. Any failure removes the partial directory,
+    Nothing the app serves changes here. Any failure removes the release being built,
     so a failed or interrupted prepare leaves no release behind.
     """
     layout = Layout(req["deploy_to"])
@@ -138,15 +142,23 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     layout.ensure()
     shutil.rmtree(partial, ignore_errors=True)
     timings: Dict[str, float] = {}
+    result: Dict[str, Any] = {"release": release_id, "timings": timings}
     try:
         started = time.time()
         os.makedirs(partial)
-        count, size = extract(stream, int(req["artifact_size"]), partial)
+        result["files"], result["bytes"] = extract(stream, int(req["artifact_size"]), partial)
         timings["extract"] = round(time.time() - started, 3)
-        event("unpacked %d files (%d bytes)" % (count, size))
+        event("unpacked %d files (%d bytes)" % (result["files"], result["bytes"]))
         manifest = dict(req["manifest"])
         with open(os.path.join(partial, "REVISION"), "w") as fh:
             fh.write(str(manifest.get("revision") or "") + "\n")
+        manifest["shared_paths"] = build.link_shared(partial, layout.shared,
+                                                     req.get("shared") or {})
+        if req.get("venv"):
+            started = time.time()
+            result["venv"] = build.ensure_venv(partial, layout.shared, req["venv"], event)
+            manifest["venv"] = result["venv"]["key"]
+            timings["venv"] = round(time.time() - started, 3)
         started = time.time()
         compiled = apply_bytecode(partial, req)
         timings["bytecode"] = round(time.time() - started, 3)
@@ -155,15 +167,35 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
                                     invalidation=req["pyc_invalidation"],
                                     magic=manifest["python"]["magic"],
                                     cache_tag=manifest["python"]["cache_tag"])
+        result["bytecode"] = manifest["bytecode"]
         os.makedirs(os.path.join(partial, META_DIR), exist_ok=True)
         with open(os.path.join(partial, META_DIR, MANIFEST), "w") as fh:
             json.dump(manifest, fh, indent=1, sort_keys=True)
         os.rename(partial, final)
-    except BaseException:
+        result["hooks"] = run_hooks_or_fail(layout, "after_prepare", release_id, req)
+    except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
+        if isinstance(exc, (build.BuildError, OSError)) and not isinstance(exc, AgentError):
+            raise AgentError(str(exc)) from None
         raise
-    return {"release": release_id, "files": count, "bytes": size, "timings": timings,
-            "bytecode": manifest["bytecode"]}
+    return result
+
+
+def run_hooks_or_fail(layout: Layout, point: str, release_id: str,
+                      req: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Run a point's hooks for a release; a failure runs after_failure hooks, then raises."""
+    values = layout.placeholders(release_id, req.get("values") or {})
+    release_dir = layout.release(release_id)
+    try:
+        return hooks.run_hooks(point, req.get("hooks"), release_dir, values,
+                               bool(req.get("run_once_here")), event)
+    except hooks.HookFailed as exc:
+        if point != "after_failure":
+            with contextlib.suppress(hooks.HookFailed):
+                hooks.run_hooks("after_failure", req.get("hooks"), release_dir, values,
+                                bool(req.get("run_once_here")), event)
+        raise AgentError(str(exc), "hook_failed") from None
 
 
 def extract(stream: BinaryIO, size: int, dest: str) -> "tuple[int, int]":
@@ -236,6 +268,7 @@ def op_activate(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
 
     The whole decision runs here, on the host, in one round trip: a controller that
     loses the connection mid-way cannot leave the host switched but unchecked.
+    `action` is deploy, rollback or restart; it decides which hooks run.
     """
     layout = Layout(req["deploy_to"])
     target = req["target"]
@@ -243,7 +276,8 @@ def op_activate(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     if layout.failure(target) and not req.get("allow_failed"):
         raise AgentError("release %s is marked failed (%s)" % (target, layout.failure(target)))
     result: Dict[str, Any] = {"target": target, "fallback": fallback}
-    attempt = switch_restart_check(layout, target, req)
+    rolling_back = req.get("action") == "rollback"
+    attempt = switch_restart_check(layout, target, req, rolling_back)
     result["attempt"] = attempt
     if attempt["ok"]:
         result["outcome"] = "healthy"
@@ -252,25 +286,31 @@ def op_activate(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     result["error"] = attempt["error"]
     if req.get("mark_failed"):
         layout.mark_failed(target, attempt["error"])
+    if not attempt.get("failure_hooks_ran"):
+        with contextlib.suppress(AgentError):
+            run_hooks_or_fail(layout, "after_failure", target, req)
     if not fallback:
         result["outcome"] = "failed"
         result["release"] = layout.current_id()
         return result
     event("rolling back to %s" % fallback)
-    back = switch_restart_check(layout, fallback, req)
+    back = switch_restart_check(layout, fallback, req, rolling_back=True)
     result["rollback"] = back
     result["outcome"] = "rolled_back" if back["ok"] else "rollback_failed"
     result["release"] = layout.current_id()
     return result
 
 
-def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any]) -> Dict[str, Any]:
+def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any],
+                         rolling_back: bool) -> Dict[str, Any]:
+    """Switch (if needed), restart, check health, then run the hooks that follow."""
     steps: Dict[str, Any] = {"release": target, "ok": False}
     started = time.time()
     try:
         if layout.current_id() != target:
             layout.switch(target)
             event("switched current -> releases/%s" % target)
+            steps["hooks"] = run_hooks_or_fail(layout, "after_switch", target, req)
         steps["programs"] = restart(layout, req)
         spec = req.get("health")
         if spec and spec.get("url"):
@@ -281,12 +321,24 @@ def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any]) -> Di
                 raise AgentError("health check failed after %d attempts in %.1fs: %s"
                                  % (result["attempts"], result["seconds"], result["error"]))
             event("healthy after %.2fs" % result["seconds"])
+        for point in ("after_restart", "after_rollback") if rolling_back else ("after_restart",):
+            steps.setdefault("hooks", []).extend(run_hooks_or_fail(layout, point, target, req))
         steps["ok"] = True
-    except (AgentError, SupervisorError, OSError, RuntimeError) as exc:
+    except AgentError as exc:
+        steps["error"] = str(exc)
+        steps["failure_hooks_ran"] = exc.kind == "hook_failed"
+        event("failed: %s" % exc)
+    except (SupervisorError, OSError, RuntimeError) as exc:
         steps["error"] = str(exc)
         event("failed: %s" % exc)
     steps["seconds"] = round(time.time() - started, 3)
     return steps
+
+
+def op_hooks(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+    """Run one hook point for a release (the fleet-wide before_switch phase)."""
+    layout = Layout(req["deploy_to"])
+    return {"hooks": run_hooks_or_fail(layout, req["point"], req["release_id"], req)}
 
 
 def restart(layout: Layout, req: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -323,6 +375,11 @@ def op_finish(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
         layout.append_history(req["history"])
     if req.get("keep_releases"):
         result["removed"] = layout.cleanup(int(req["keep_releases"]))
+        stale_venvs = build.unused_venvs(layout.shared, [layout.release(r)
+                                                         for r in layout.release_ids()])
+        for venv in stale_venvs:
+            shutil.rmtree(venv, ignore_errors=True)
+        result["removed_venvs"] = [os.path.basename(v) for v in stale_venvs]
     if req.get("lock_token"):
         result["unlocked"] = layout.release_lock(req["lock_token"])
     discard = req.get("discard_release")
@@ -403,6 +460,7 @@ OPS: Dict[str, Callable[[Dict[str, Any], BinaryIO], Dict[str, Any]]] = {
     "releases": op_releases,
     "resolve_rollback": op_resolve_rollback,
     "verify": op_verify,
+    "hooks": op_hooks,
     "clear_cache": op_clear_cache,
 }
 

@@ -84,8 +84,8 @@ def integrity_changes(release_dir: str, manifest: Dict[str, Any]) -> Dict[str, L
     skip = set(manifest.get("shared_paths") or [])
     changed, missing = [], []
     for rel, digest in sorted(files.items()):
-        if rel in skip:
-            continue
+        if any(rel == p or rel.startswith(p + "/") for p in skip):
+            continue  # replaced by a link into shared/
         path = os.path.join(release_dir, rel)
         try:
             if digest.startswith("symlink:"):
