@@ -16,6 +16,7 @@ failure means for the rest of the fleet.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import secrets
@@ -42,7 +43,15 @@ from deploytools.report import (
     Console,
     HostRun,
 )
-from deploytools.rollout import batches, in_parallel, parse_serial
+from deploytools.rollout import (
+    ROLLBACK_ALL,
+    Interrupts,
+    RolloutPolicy,
+    StopRule,
+    batches,
+    in_parallel,
+    parse_serial,
+)
 from deploytools.transport import AgentCall, HostConnection
 
 
@@ -68,42 +77,119 @@ def new_run_id() -> str:
 
 
 def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
-           serial: str | int | None = None, lock_wait: float = 0) -> RunResult:
+           policy: RolloutPolicy | None = None, lock_wait: float = 0) -> RunResult:
     """Ship a new release to every host, or leave each host on the release it had."""
+    policy = policy or RolloutPolicy()
     started = time.time()
     run_id = new_run_id()
     artifact = plan(hosts, console, ref)
     runs = [HostRun(host) for host in hosts]
-    try:
-        owner = lock_owner(run_id, "deploy", artifact.release_id)
-        in_parallel(runs, lambda r: check_and_lock(r, console, owner, lock_wait,
-                                                   need_bytes=artifact.size), console)
-        if stop_if_any_failed(runs, console, "preflight"):
-            return finish(runs, console, "deploy", run_id, artifact, started)
-        artifact.avoid_ids({row["id"] for r in runs for row in r.facts["releases"]})
+    stop = StopRule(policy, len(runs), console)
+    with Interrupts(console) as interrupts:
+        stop.interrupts = interrupts
+        try:
+            owner = lock_owner(run_id, "deploy", artifact.release_id)
+            lock_fleet(runs, console, lambda r: check_and_lock(r, console, owner, lock_wait,
+                                                               need_bytes=artifact.size))
+            if stop.halted(runs, "preflight"):
+                return finish(runs, console, "deploy", run_id, artifact, started, interrupts)
+            artifact.avoid_ids({row["id"] for r in runs for row in r.facts.get("releases", [])})
 
-        once = runs[0]  # run_once hooks (migrations) run on the first host only
-        in_parallel(runs, lambda r: prepare(r, console, artifact, r is once), console)
-        if stop_if_any_failed(runs, console, "prepare"):
-            return finish(runs, console, "deploy", run_id, artifact, started)
-        if any(r.host.get("hooks.before_switch") for r in runs):
-            in_parallel(runs, lambda r: run_hook_point(r, console, "before_switch",
-                                                       artifact.release_id, r is once), console)
-            if stop_if_any_failed(runs, console, "before_switch"):
-                return finish(runs, console, "deploy", run_id, artifact, started)
+            once = next(r for r in runs if r.active)  # run_once hooks: one host only
+            in_parallel(active(runs), lambda r: prepare(r, console, artifact, r is once),
+                        console)
+            if stop.halted(runs, "prepare"):
+                return finish(runs, console, "deploy", run_id, artifact, started, interrupts)
+            if any(r.host.get("hooks.before_switch") for r in runs):
+                in_parallel(active(runs), lambda r: run_hook_point(
+                    r, console, "before_switch", artifact.release_id, r is once), console)
+                if stop.halted(runs, "before_switch"):
+                    return finish(runs, console, "deploy", run_id, artifact, started,
+                                  interrupts)
 
-        size = parse_serial(serial, len(runs))
-        for number, batch in enumerate(batches(runs, size), 1):
-            if len(runs) > size:
-                console.info(f"batch {number}: {', '.join(r.name for r in batch)}")
-            in_parallel(batch, lambda r: activate(r, console, artifact.release_id,
-                                                  run_once_here=r is once), console)
-            if stop_if_any_failed(runs, console, "activate"):
-                break
-        return finish(runs, console, "deploy", run_id, artifact, started)
-    finally:
-        artifact.close()
-        close_all(runs)
+            size = parse_serial(policy.serial, len(active(runs)))
+            plan_batches = batches(active(runs), size, policy.canary)
+            for number, batch in enumerate(plan_batches, 1):
+                if len(plan_batches) > 1:
+                    console.info(f"batch {number}/{len(plan_batches)}: "
+                                 f"{', '.join(r.name for r in batch)}")
+                in_parallel(batch, lambda r: activate(r, console, artifact.release_id,
+                                                      run_once_here=r is once), console)
+                if stop.halted(runs, f"batch {number}"):
+                    break
+            if policy.on_failure == ROLLBACK_ALL and any(r.failed for r in runs):
+                roll_back_switched(runs, console, artifact.release_id)
+            return finish(runs, console, "deploy", run_id, artifact, started, interrupts)
+        except BaseException:
+            abandon(runs, console, interrupts)
+            raise
+        finally:
+            artifact.close()
+            close_all(runs)
+
+
+def lock_fleet(runs: list[HostRun], console: Console,
+               check: Callable[[HostRun], None]) -> None:
+    """Preflight and lock the first host alone, then the rest in parallel.
+
+    Two runs started at once then meet on the same first host: exactly one gets on,
+    the other stops there without having locked anything else (no split fleet).
+    """
+    in_parallel(runs[:1], check, console)
+    if runs[0].state == LOCKED_OUT:
+        for run in runs[1:]:
+            run.fail(SKIPPED, f"not contacted: {runs[0].name} is locked")
+        return
+    in_parallel(runs[1:], check, console)
+
+
+def active(runs: list[HostRun]) -> list[HostRun]:
+    return [r for r in runs if r.active]
+
+
+def roll_back_switched(runs: list[HostRun], console: Console, release_id: str) -> None:
+    """Policy rollback-all: return every host this run switched to its previous release."""
+    switched = [r for r in runs if r.state == HEALTHY and r.release == release_id]
+    if not switched:
+        return
+    failed = ", ".join(r.name for r in runs if r.failed)
+    console.info(f"rollback-all: {failed} failed; returning "
+                 f"{', '.join(r.name for r in switched)} to their previous release")
+
+    def back(run: HostRun) -> None:
+        if not run.previous:
+            raise RemoteError(run.name, "no previous release to return to")
+        activate(run, console, run.previous, fallback=release_id, mark_failed=False,
+                 action="rollback")
+        if run.state == HEALTHY:
+            run.fail(ROLLED_BACK, f"rolled back to {run.previous}: fleet policy rollback-all "
+                                  f"({failed} failed)")
+
+    in_parallel(switched, back, console, failed_state=ROLLBACK_FAILED)
+
+
+def abandon(runs: list[HostRun], console: Console, interrupts: Interrupts) -> None:
+    """A hard abort (second Ctrl-C, or a bug): say what may be inconsistent, free what we can.
+
+    Hosts with a remote step in flight keep their lock: the step may still be switching
+    them. Every other lock is released so the next run is not blocked for nothing.
+    """
+    in_flight = [r for r in runs if r.in_flight]
+    idle = [r for r in runs if r.lock_token and not r.in_flight and r.conn is not None]
+    if idle:
+        with contextlib.suppress(BaseException):
+            in_parallel(idle, lambda r: unlock_host(r, console), console)
+    if in_flight:
+        console.error("aborted while a remote step was running on "
+                      f"{', '.join(r.name for r in in_flight)}: those hosts may be mid-switch "
+                      "and keep their deploy lock. Check them with `inv verify`, then "
+                      "`inv unlock --force` once they are consistent.")
+
+
+def unlock_host(run: HostRun, console: Console) -> None:
+    call(run, {"op": "unlock", "deploy_to": run.host.deploy_to, "token": run.lock_token},
+         console, quiet=True)
+    run.lock_token = None
 
 
 def plan(hosts: list[Host], console: Console, ref: str | None) -> Artifact:
@@ -171,6 +257,11 @@ def connect(run: HostRun) -> None:
     run.conn = HostConnection(run.host)
     run.conn.open()
     run.state = CONNECTED
+
+
+def describe_owner(owner: dict[str, Any]) -> str:
+    return (f"{owner.get('user', '?')}@{owner.get('controller', '?')} (pid {owner.get('pid')}, "
+            f"{owner.get('action', 'run')} of {owner.get('release') or 'current'})")
 
 
 def describe_lock_holder(holder: dict[str, Any]) -> str:
@@ -271,24 +362,9 @@ def record_activation(run: HostRun, result: dict[str, Any]) -> None:
                  f"{result['error']} (no previous release to return to)")
 
 
-def stop_if_any_failed(runs: list[HostRun], console: Console, phase: str) -> bool:
-    """The default failure policy: any failed host stops the run before further switches.
-
-    Hosts not yet switched are marked skipped; they keep serving their release.
-    """
-    failed = [r for r in runs if not r.active]
-    if not failed:
-        return False
-    names = ", ".join(r.name for r in failed)
-    console.info(f"{phase} failed on {names}: no further host will be switched")
-    for run in runs:
-        if run.active and run.state != HEALTHY:
-            run.fail(SKIPPED, f"not switched: {phase} failed on {names}")
-    return True
-
-
 def finish(runs: list[HostRun], console: Console, action: str, run_id: str,
-           artifact: Artifact | None, started: float) -> RunResult:
+           artifact: Artifact | None, started: float,
+           interrupts: Interrupts | None = None) -> RunResult:
     """History line, cleanup and unlock on every host that was locked."""
     release_id = artifact.release_id if artifact else None
 
@@ -311,9 +387,13 @@ def finish(runs: list[HostRun], console: Console, action: str, run_id: str,
 
     for run in runs:
         run.timings["total"] = time.monotonic() - run.started
-    in_parallel([r for r in runs if r.lock_token], lambda r: wrap_up(r), console,
-                failed_state=FAILED)
-    result = RunResult(action, run_id, release_id, runs, exit_code_for(runs), started, time.time())
+    # A host that timed out or vanished cannot be wrapped up: its lock stays, reported.
+    in_parallel([r for r in runs if r.lock_token and r.state != UNREACHABLE],
+                lambda r: wrap_up(r), console, failed_state=FAILED)
+    code = exit_code_for(runs)
+    if interrupts is not None and interrupts.requested and code != ExitCode.PARTIAL:
+        code = ExitCode.INTERRUPTED
+    result = RunResult(action, run_id, release_id, runs, code, started, time.time())
     console.summary(runs)
     return result
 
@@ -362,7 +442,12 @@ def call(run: HostRun, request: dict[str, Any], console: Console,
     if not quiet:
         def on_event(message: str) -> None:
             console.host(run.name, message)
-    answer: AgentCall = run.conn.call(request, upload=upload, on_event=on_event)
+    run.in_flight = True
+    try:
+        answer: AgentCall = run.conn.call(request, upload=upload, on_event=on_event,
+                                          timeout=run.remaining_time())
+    finally:
+        run.in_flight = False
     if answer.error:
         raise RemoteError(run.name, answer.error["message"])
     assert answer.result is not None
@@ -380,8 +465,8 @@ def rollback(hosts: list[Host], console: Console, *, to: str | None = None,
     runs = [HostRun(host) for host in hosts]
     try:
         owner = lock_owner(run_id, "rollback", to)
-        in_parallel(runs, lambda r: check_and_lock(r, console, owner, lock_wait), console)
-        if not stop_if_any_failed(runs, console, "preflight"):
+        lock_fleet(runs, console, lambda r: check_and_lock(r, console, owner, lock_wait))
+        if not StopRule(RolloutPolicy(), len(runs), console).halted(runs, "preflight"):
             in_parallel(runs, lambda r: roll_back_host(r, console, to), console)
         return finish(runs, console, "rollback", run_id, None, started)
     finally:
@@ -448,8 +533,8 @@ def clear_cache(hosts: list[Host], console: Console, *, path: str | None = None,
     runs = [HostRun(host) for host in hosts]
     try:
         owner = lock_owner(run_id, "clear-cache", None)
-        in_parallel(runs, lambda r: check_and_lock(r, console, owner, lock_wait), console)
-        if not stop_if_any_failed(runs, console, "preflight"):
+        lock_fleet(runs, console, lambda r: check_and_lock(r, console, owner, lock_wait))
+        if not StopRule(RolloutPolicy(), len(runs), console).halted(runs, "preflight"):
             in_parallel(runs, lambda r: clear_host(r, console, path, restart, include_venv),
                         console)
         return finish(runs, console, "clear-cache", run_id, None, started)
@@ -468,3 +553,34 @@ def clear_host(run: HostRun, console: Console, path: str | None, restart: bool,
         activate(run, console, run.previous, fallback=None, mark_failed=False, action="restart")
     else:
         run.state = HEALTHY
+
+
+# =========================================================================== unlock
+
+
+def unlock(hosts: list[Host], console: Console, *, force: bool = False) -> RunResult:
+    """Remove deploy locks: stale ones (older than lock_expiry), or any with `force`."""
+    started = time.time()
+    runs = [HostRun(host) for host in hosts]
+
+    def release(run: HostRun) -> None:
+        connect(run)
+        result = call(run, {"op": "unlock", "deploy_to": run.host.deploy_to, "force": force,
+                            "stale_after": run.host.settings["lock_expiry"]}, console)
+        owner = result["owner"]
+        run.state = HEALTHY
+        if owner is None:
+            console.host(run.name, "not locked")
+        elif result["removed"]:
+            console.host(run.name, f"removed lock of {describe_owner(owner)}, "
+                                   f"{result['age_seconds']}s old")
+        else:
+            run.fail(LOCKED_OUT, f"lock of {describe_owner(owner)} is {result['age_seconds']}s "
+                                 "old and not stale; pass --force to remove it anyway")
+
+    try:
+        in_parallel(runs, release, console)
+    finally:
+        close_all(runs)
+    return RunResult("unlock", new_run_id(), None, runs, exit_code_for(runs), started,
+                     time.time())

@@ -175,6 +175,7 @@ SSH_SCHEMA: Schema = {
     "known_hosts": _string,
     "connect_timeout": _number(0.1, 600),
     "command_timeout": _number(1, 86400),
+    "host_timeout": _number(1, 7 * 86400),
     "accept_new_host_keys": _boolean,
 }
 HOOK_POINTS = ("after_prepare", "before_switch", "after_switch", "after_restart",
@@ -229,6 +230,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
         "port": 22,
         "connect_timeout": 10.0,
         "command_timeout": 900.0,
+        "host_timeout": 3600.0,
         "accept_new_host_keys": False,
     },
     "lock_expiry": 3600.0,

@@ -48,6 +48,17 @@ class HostRun:
     facts: dict[str, Any] = field(default_factory=dict)
     conn: HostConnection | None = None
     started: float = field(default_factory=time.monotonic)
+    in_flight: bool = False  # a remote step is running right now
+
+    @property
+    def failed(self) -> bool:
+        return self.state in (FAILED, ROLLED_BACK, ROLLBACK_FAILED, UNREACHABLE, LOCKED_OUT)
+
+    def remaining_time(self) -> float:
+        """What is left of this host's whole-run deadline (ssh.host_timeout)."""
+        budget = float(self.host.settings["ssh"].get("host_timeout") or 3600)
+        command = float(self.host.settings["ssh"].get("command_timeout") or 900)
+        return max(1.0, min(command, budget - (time.monotonic() - self.started)))
 
     @property
     def name(self) -> str:

@@ -8,15 +8,120 @@ what a failure means for the rest of the fleet.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, TypeVar
 
 from deploytools.errors import ConfigError, DeployToolsError, LockHeldError, UnreachableError
-from deploytools.report import FAILED, LOCKED_OUT, UNREACHABLE, Console, HostRun
+from deploytools.report import FAILED, HEALTHY, LOCKED_OUT, SKIPPED, UNREACHABLE, Console, HostRun
 
 MAX_PARALLEL = 64
 T = TypeVar("T")
+KEEP = "keep"
+ROLLBACK_ALL = "rollback-all"
+ON_FAILURE_CHOICES = (KEEP, ROLLBACK_ALL)
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """How a deploy moves through the fleet and what a failure means for the rest.
+
+    Default `keep`: hosts already switched and healthy stay on the new release when a
+    later batch fails (each failed host is rolled back on its own). Rolling every good
+    host back too is a deliberate choice (`rollback-all`), because it restarts healthy
+    hosts a second time; `keep` is Capistrano's and Ansible's behaviour, minus their
+    half-switched hosts.
+    """
+
+    serial: str | int | None = None
+    canary: bool = False
+    max_failures: str | int = 0
+    on_failure: str = KEEP
+
+    def __post_init__(self) -> None:
+        if self.on_failure not in ON_FAILURE_CHOICES:
+            raise ConfigError(f"--on-failure expects one of {', '.join(ON_FAILURE_CHOICES)}, "
+                              f"got {self.on_failure!r}")
+
+
+def parse_count(value: str | int | None, total: int, flag: str, minimum: int = 0) -> int:
+    """`N` or `P%` of `total` (percentages round down)."""
+    text = str(value if value is not None else 0).strip()
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if not 0 <= percent <= 100:
+                raise ValueError
+            return max(minimum, math.floor(total * percent / 100))
+        count = int(text)
+        if count < minimum:
+            raise ValueError
+        return count
+    except ValueError:
+        raise ConfigError(f"{flag} expects a whole number or a percentage, got {value!r}") \
+            from None
+
+
+class StopRule:
+    """Decides after each phase whether the run goes on: failures beyond the budget
+    (`--max-failures`) or an interrupt stop it; hosts not yet switched are then skipped."""
+
+    def __init__(self, policy: RolloutPolicy, total: int, console: Console) -> None:
+        self.budget = parse_count(policy.max_failures, total, "--max-failures")
+        self.console = console
+        self.interrupts: Interrupts | None = None
+
+    def halted(self, runs: Sequence[HostRun], phase: str) -> bool:
+        failed = [r for r in runs if r.failed]
+        if self.interrupts is not None and self.interrupts.requested:
+            reason = "interrupted"
+        elif len(failed) > self.budget:
+            reason = f"{phase} failed on {', '.join(r.name for r in failed)}"
+        else:
+            if failed:
+                self.console.info(f"{phase}: {len(failed)} host(s) failed, within "
+                                  f"--max-failures {self.budget}; continuing without them")
+            return False
+        self.console.info(f"{reason}: no further host will be switched")
+        for run in runs:
+            if run.active and run.state != HEALTHY:
+                run.fail(SKIPPED, f"not switched: {reason}")
+        return True
+
+
+class Interrupts:
+    """Ctrl-C / SIGTERM as a request, not a crash.
+
+    The first signal lets every host finish its step in flight (a host mid-switch ends
+    switched and healthy, or rolled back) and stops the run at the next phase boundary,
+    which then unlocks and reports. A second signal aborts at once.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.console.error(f"{signal.Signals(signum).name}: finishing the steps in flight, "
+                           "then stopping (press Ctrl-C again to abort at once)")
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def in_parallel(runs: Sequence[HostRun], step: Callable[[HostRun], None], console: Console,
@@ -50,20 +155,7 @@ def parse_serial(value: str | int | None, total: int) -> int:
     """`--serial N` or `P%` -> batch size (at least 1); None -> the whole fleet."""
     if value in (None, "", 0, "0"):
         return max(total, 1)
-    text = str(value).strip()
-    try:
-        if text.endswith("%"):
-            percent = float(text[:-1])
-            if not 0 < percent <= 100:
-                raise ValueError
-            return max(1, math.floor(total * percent / 100))
-        size = int(text)
-        if size < 1:
-            raise ValueError
-        return size
-    except ValueError:
-        raise ConfigError(f"--serial expects a whole number or a percentage, got {value!r}") \
-            from None
+    return parse_count(value, total, "--serial", minimum=1)
 
 
 def batches(items: Sequence[T], size: int, canary: bool = False) -> list[list[T]]:

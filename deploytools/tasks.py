@@ -25,6 +25,7 @@ from deploytools import flow
 from deploytools.errors import DeployToolsError, ExitCode
 from deploytools.inventory import Host, load_inventory
 from deploytools.report import Console
+from deploytools.rollout import RolloutPolicy
 
 COMMON_HELP = {
     "hosts": "Hosts to act on: a group, host names, or 'all' (comma-separated).",
@@ -62,13 +63,22 @@ def _run(debug: bool, body: Callable[[Console], flow.RunResult | None]) -> None:
 
 @task(help={**COMMON_HELP, "ref": "Git ref to deploy (default: source.ref, else HEAD).",
             "serial": "Batch size: N hosts or P% at a time (default: all at once).",
+            "canary": "Switch one host alone first; the rest only if it is healthy.",
+            "max_failures": "Failed hosts (N or P%) the run may lose and go on (default 0).",
+            "on_failure": "keep (default: healthy batches stay) or rollback-all.",
             "lock_wait": "Seconds to wait for another run's lock (default: fail at once)."})
 def deploy(c: Context, hosts: str | None = None, inventory: str | None = None,
-           ref: str | None = None, serial: str | None = None, lock_wait: float = 0,
+           ref: str | None = None, serial: str | None = None, canary: bool = False,
+           max_failures: str = "0", on_failure: str = "keep", lock_wait: float = 0,
            debug: bool = False) -> None:
     """Ship a release to every selected host: prepare, switch, restart, health-check."""
-    _run(debug, lambda console: flow.deploy(_select(c, hosts, inventory), console, ref=ref,
-                                            serial=serial, lock_wait=lock_wait))
+    def body(console: Console) -> flow.RunResult:
+        policy = RolloutPolicy(serial=serial, canary=canary, max_failures=max_failures,
+                               on_failure=on_failure)
+        return flow.deploy(_select(c, hosts, inventory), console, ref=ref, policy=policy,
+                           lock_wait=lock_wait)
+
+    _run(debug, body)
 
 
 @task(help={**COMMON_HELP, "to": "Release id to return to (default: the previous good one).",
@@ -85,6 +95,13 @@ def releases(c: Context, hosts: str | None = None, inventory: str | None = None,
              debug: bool = False) -> None:
     """List each host's releases: current marked, revision, switch time, failures."""
     _run(debug, lambda console: flow.list_releases(_select(c, hosts, inventory), console))
+
+
+@task(help={**COMMON_HELP, "force": "Remove locks that are not stale too."})
+def unlock(c: Context, hosts: str | None = None, inventory: str | None = None,
+           force: bool = False, debug: bool = False) -> None:
+    """Remove stale deploy locks (older than lock_expiry), or any lock with --force."""
+    _run(debug, lambda console: flow.unlock(_select(c, hosts, inventory), console, force=force))
 
 
 @task(help={**COMMON_HELP,
@@ -122,5 +139,5 @@ def demo(c: Context, hosts: int = 3, keep: bool = False, debug: bool = False) ->
     _run(debug, lambda console: run_demo(console, hosts=hosts, keep=keep))
 
 
-collection = Collection(deploy, rollback, releases, verify, clear_cache, demo)
+collection = Collection(deploy, rollback, releases, verify, clear_cache, unlock, demo)
 collection.configure({"deploytools": {"inventory": None, "hosts": None}})

@@ -231,8 +231,9 @@ class HostConnection:
             channel.status_event.wait(5)
             status = channel.exit_status if channel.exit_status_ready() else None
         except TimeoutError:
-            raise RemoteError(self.host.name,
-                              f"{request['op']} timed out after {deadline:.0f}s") from None
+            raise UnreachableError(
+                self.host.name, f"timed out: no answer for {deadline:.0f}s during "
+                f"{request['op']} (host hung or overloaded; its state may be mid-step)") from None
         finally:
             channel.close()
         call.seconds = time.monotonic() - started

@@ -12,13 +12,11 @@ progress, then exactly one ``{"result": ...}`` or ``{"error": ..., "kind": ...}`
 from __future__ import annotations
 
 import contextlib
-import getpass
-import hashlib
 import importlib.util
 import json
 import os
 import shutil
-import socket
+import signal
 import sys
 import tarfile
 import time
@@ -39,9 +37,20 @@ class AgentError(Exception):
         self.kind = kind
 
 
+_controller_gone = False
+
+
 def emit(kind: str, value: Any) -> None:
-    sys.stdout.write(json.dumps({kind: value}) + "\n")
-    sys.stdout.flush()
+    """Write one protocol line. If the controller went away (Ctrl-C, lost network), keep
+    working silently: a half-finished switch is worse than an unreported one."""
+    global _controller_gone
+    if _controller_gone:
+        return
+    try:
+        sys.stdout.write(json.dumps({kind: value}) + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        _controller_gone = True
 
 
 def event(message: str) -> None:
@@ -391,10 +400,19 @@ def op_finish(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
 
 
 def op_unlock(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+    """Release the lock: by its owner's token, when it is stale (`stale_after` seconds
+    old, with no token), or unconditionally with `force`."""
     layout = Layout(req["deploy_to"])
     owner = layout.lock_owner()
-    removed = layout.release_lock(req.get("token"), force=bool(req.get("force")))
-    return {"owner": owner, "removed": removed}
+    if owner is None:
+        return {"owner": None, "removed": False, "reason": "not locked"}
+    age = time.time() - float(owner.get("acquired_at") or 0)
+    stale = req.get("stale_after") is not None and age > float(req["stale_after"])
+    if req.get("force") or stale:
+        removed = layout.release_lock(None, force=True)
+    else:
+        removed = layout.release_lock(req.get("token"))
+    return {"owner": owner, "removed": removed, "age_seconds": round(age, 1), "stale": stale}
 
 
 def op_releases(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
@@ -456,6 +474,7 @@ OPS: Dict[str, Callable[[Dict[str, Any], BinaryIO], Dict[str, Any]]] = {
     "prepare": op_prepare,
     "activate": op_activate,
     "finish": op_finish,
+    "lock_status": lambda req, stream: {"owner": Layout(req["deploy_to"]).lock_owner()},
     "unlock": op_unlock,
     "releases": op_releases,
     "resolve_rollback": op_resolve_rollback,
@@ -465,19 +484,8 @@ OPS: Dict[str, Callable[[Dict[str, Any], BinaryIO], Dict[str, Any]]] = {
 }
 
 
-def identity() -> Dict[str, Any]:
-    return {"host": socket.gethostname(), "user": getpass.getuser(), "pid": os.getpid()}
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def main() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the SSH session may end before we do
     stream = sys.stdin.buffer
     length = int(stream.readline())
     req = json.loads(stream.read(length).decode())
