@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploytools.artifact import Artifact, build_artifact
+from deploytools.artifact import Artifact, build_artifact, resolve_revision
 from deploytools.errors import ConfigError, ExitCode, LockHeldError, RemoteError
 from deploytools.inventory import Host
 from deploytools.report import (
@@ -39,6 +39,7 @@ from deploytools.report import (
     ROLLBACK_FAILED,
     ROLLED_BACK,
     SKIPPED,
+    UNCHANGED,
     UNREACHABLE,
     Console,
     HostRun,
@@ -77,25 +78,34 @@ def new_run_id() -> str:
 
 
 def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
-           policy: RolloutPolicy | None = None, lock_wait: float = 0) -> RunResult:
+           policy: RolloutPolicy | None = None, lock_wait: float = 0, dry_run: bool = False,
+           skip_unchanged: bool = False) -> RunResult:
     """Ship a new release to every host, or leave each host on the release it had."""
     policy = policy or RolloutPolicy()
     started = time.time()
     run_id = new_run_id()
-    artifact = plan(hosts, console, ref)
-    runs = [HostRun(host) for host in hosts]
+    source = single_source(hosts)
+    # --skip-unchanged with git: the revision alone says who is current; build only if needed
+    target = resolve_revision(source, ref or source.get("ref") or "HEAD") \
+        if skip_unchanged and source.get("repo") else None
+    artifact = None if target else plan(source, console, ref)
+    runs = [HostRun(host, dry_run=dry_run) for host in hosts]
     stop = StopRule(policy, len(runs), console)
     with Interrupts(console) as interrupts:
         stop.interrupts = interrupts
         try:
-            owner = lock_owner(run_id, "deploy", artifact.release_id)
-            lock_fleet(runs, console, lambda r: check_and_lock(r, console, owner, lock_wait,
-                                                               need_bytes=artifact.size))
-            if stop.halted(runs, "preflight"):
+            owner = lock_owner(run_id, "deploy", artifact.release_id if artifact else target)
+            unchanged_if = (target or artifact.revision) if skip_unchanged else None
+            lock_fleet(runs, console, lambda r: check_and_lock(
+                r, console, owner, lock_wait, need_bytes=artifact.size if artifact else 0,
+                unchanged_if=unchanged_if))
+            if stop.halted(runs, "preflight") or not active(runs):
                 return finish(runs, console, "deploy", run_id, artifact, started, interrupts)
+            if artifact is None:
+                artifact = plan(source, console, ref)
             artifact.avoid_ids({row["id"] for r in runs for row in r.facts.get("releases", [])})
 
-            once = next(r for r in runs if r.active)  # run_once hooks: one host only
+            once = active(runs)[0]  # run_once hooks (migrations): one host only
             in_parallel(active(runs), lambda r: prepare(r, console, artifact, r is once),
                         console)
             if stop.halted(runs, "prepare"):
@@ -110,7 +120,7 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
             size = parse_serial(policy.serial, len(active(runs)))
             plan_batches = batches(active(runs), size, policy.canary)
             for number, batch in enumerate(plan_batches, 1):
-                if len(plan_batches) > 1:
+                if len(plan_batches) > 1 or dry_run:
                     console.info(f"batch {number}/{len(plan_batches)}: "
                                  f"{', '.join(r.name for r in batch)}")
                 in_parallel(batch, lambda r: activate(r, console, artifact.release_id,
@@ -124,7 +134,8 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
             abandon(runs, console, interrupts)
             raise
         finally:
-            artifact.close()
+            if artifact is not None:
+                artifact.close()
             close_all(runs)
 
 
@@ -192,13 +203,17 @@ def unlock_host(run: HostRun, console: Console) -> None:
     run.lock_token = None
 
 
-def plan(hosts: list[Host], console: Console, ref: str | None) -> Artifact:
-    """Build the artifact once for the whole fleet (every host must share the source)."""
+def single_source(hosts: list[Host]) -> dict[str, Any]:
+    """One artifact serves the whole run, so every selected host must share the source."""
     sources = {repr(sorted(h.settings["source"].items())) for h in hosts}
     if len(sources) > 1:
         raise ConfigError("the selected hosts have different 'source' settings; "
                           "deploy them in separate runs")
-    source = hosts[0].settings["source"]
+    return dict(hosts[0].settings["source"])
+
+
+def plan(source: dict[str, Any], console: Console, ref: str | None) -> Artifact:
+    """Build the artifact once for the whole fleet."""
     console.info(f"building release from {source.get('repo') or source.get('path')}"
                  + (f" at {ref or source.get('ref')}" if source.get("repo") else ""))
     artifact = build_artifact(source, ref)
@@ -222,8 +237,13 @@ def lock_owner(run_id: str, action: str, release_id: str | None) -> dict[str, An
 
 
 def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
-                   lock_wait: float = 0, need_bytes: int = 0) -> None:
-    """Connect, run preflight checks and take the deploy lock, in one round trip."""
+                   lock_wait: float = 0, need_bytes: int = 0,
+                   unchanged_if: str | None = None) -> None:
+    """Connect, run preflight checks and take the deploy lock, in one round trip.
+
+    In a dry run the preflight is read-only: nothing is created and no lock is taken.
+    With `unchanged_if`, a host already on that revision that passes verify is left alone.
+    """
     step_started = time.monotonic()
     connect(run)
     settings = run.host.settings
@@ -234,27 +254,34 @@ def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
         "programs": settings["supervisor"]["programs"],
         "min_free_mb": 3 * need_bytes // (1024 * 1024) + 1,
         "shared": settings["shared"],
+        "read_only": run.dry_run,
     }
     if owner:
         request["lock"] = {"owner": owner, "wait": lock_wait, "expiry": settings["lock_expiry"]}
+    if unchanged_if:
+        request.update(unchanged_if=unchanged_if, health=settings["health"],
+                       values=host_values(run))
     result = call(run, request, console)
     run.facts["python"] = result["python"]
     run.facts["releases"] = result["releases"]
     run.previous = run.release = result["current"]
+    run.timings["check"] = time.monotonic() - step_started
     if result["problems"]:
         raise RemoteError(run.name, "; ".join(result["problems"]))
+    if result.get("unchanged"):
+        run.state = UNCHANGED
+        return
     lock = result.get("lock")
-    if lock and not lock["acquired"]:
+    if lock and lock.get("holder"):
         raise LockHeldError(run.name, describe_lock_holder(lock["holder"]))
-    if lock:
+    if lock and (lock["acquired"] or run.dry_run):
         run.lock_token = owner["token"] if owner else None
         run.state = LOCKED
-    run.timings["check"] = time.monotonic() - step_started
 
 
 def connect(run: HostRun) -> None:
     """Open the run's single SSH connection to this host (host key verified)."""
-    run.conn = HostConnection(run.host)
+    run.conn = HostConnection(run.host, dry_run=run.dry_run)
     run.conn.open()
     run.state = CONNECTED
 
@@ -393,8 +420,11 @@ def finish(runs: list[HostRun], console: Console, action: str, run_id: str,
     code = exit_code_for(runs)
     if interrupts is not None and interrupts.requested and code != ExitCode.PARTIAL:
         code = ExitCode.INTERRUPTED
-    result = RunResult(action, run_id, release_id, runs, code, started, time.time())
+    extra = {"revision": artifact.revision, "ref": artifact.ref} if artifact else {}
+    result = RunResult(action, run_id, release_id, runs, code, started, time.time(), extra)
     console.summary(runs)
+    if any(r.dry_run for r in runs):
+        console.info("dry run: nothing was changed on any host")
     return result
 
 
@@ -414,7 +444,7 @@ def history_entry(run: HostRun, action: str, run_id: str) -> dict[str, Any]:
 
 def exit_code_for(runs: list[HostRun]) -> ExitCode:
     """One exit code for the fleet's end state (see ExitCode for the meanings)."""
-    states = [r.state for r in runs]
+    states = [HEALTHY if r.state == UNCHANGED else r.state for r in runs]
     if ROLLBACK_FAILED in states:
         return ExitCode.PARTIAL
     if all(s == HEALTHY for s in states):
@@ -458,11 +488,11 @@ def call(run: HostRun, request: dict[str, Any], console: Console,
 
 
 def rollback(hosts: list[Host], console: Console, *, to: str | None = None,
-             lock_wait: float = 0) -> RunResult:
+             lock_wait: float = 0, dry_run: bool = False) -> RunResult:
     """Return every host to its previous good release (or `to`), restart and check."""
     started = time.time()
     run_id = new_run_id()
-    runs = [HostRun(host) for host in hosts]
+    runs = [HostRun(host, dry_run=dry_run) for host in hosts]
     try:
         owner = lock_owner(run_id, "rollback", to)
         lock_fleet(runs, console, lambda r: check_and_lock(r, console, owner, lock_wait))
@@ -521,7 +551,7 @@ def list_releases(hosts: list[Host], console: Console) -> RunResult:
 
 def clear_cache(hosts: list[Host], console: Console, *, path: str | None = None,
                 restart: bool = False, include_venv: bool = False,
-                lock_wait: float = 0) -> RunResult:
+                lock_wait: float = 0, dry_run: bool = False) -> RunResult:
     """Remove bytecode from the current release (or PATH) under the deploy lock; optionally
     restart the programs (stop -> start) and health-check them."""
     for host in hosts:
@@ -530,7 +560,7 @@ def clear_cache(hosts: list[Host], console: Console, *, path: str | None = None,
                               f"of {host.name}")
     started = time.time()
     run_id = new_run_id()
-    runs = [HostRun(host) for host in hosts]
+    runs = [HostRun(host, dry_run=dry_run) for host in hosts]
     try:
         owner = lock_owner(run_id, "clear-cache", None)
         lock_fleet(runs, console, lambda r: check_and_lock(r, console, owner, lock_wait))
@@ -584,3 +614,34 @@ def unlock(hosts: list[Host], console: Console, *, force: bool = False) -> RunRe
         close_all(runs)
     return RunResult("unlock", new_run_id(), None, runs, exit_code_for(runs), started,
                      time.time())
+
+
+# =========================================================================== check
+
+
+def check(hosts: list[Host], console: Console) -> RunResult:
+    """Preflight every host without changing anything: reachable with a known key,
+    deploy_to writable, disk space, interpreter, supervisor and programs, lock free."""
+    started = time.time()
+    runs = [HostRun(host, dry_run=True) for host in hosts]
+    owner = lock_owner(new_run_id(), "check", None)
+
+    def preflight(run: HostRun) -> None:
+        check_and_lock(run, console, owner)
+        run.state = HEALTHY
+
+    try:
+        in_parallel(runs, preflight, console)
+    finally:
+        close_all(runs)
+    rows = []
+    for run in runs:
+        python = run.facts.get("python") or {}
+        rows.append([run.name, "ok" if run.state == HEALTHY else run.state,
+                     python.get("version", "-"), run.release or "-", run.error or ""])
+    console.line("")
+    console.table(["host", "check", "python", "current", "problem"], rows)
+    code = exit_code_for(runs)
+    if code == ExitCode.FAILED_ROLLED_BACK:
+        code = ExitCode.VERIFY_FAILED  # problems found, nothing was attempted
+    return RunResult("check", new_run_id(), None, runs, code, started, time.time())

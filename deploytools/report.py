@@ -7,6 +7,7 @@ timestamped lines, safe for pipelines and log files; secrets in URLs are masked.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -30,6 +31,7 @@ ROLLBACK_FAILED = "rollback_failed"  # switched, failed, and could not be restor
 UNREACHABLE = "unreachable"
 LOCKED_OUT = "lock_held"
 SKIPPED = "skipped"  # not attempted (an earlier failure stopped the run)
+UNCHANGED = "unchanged"  # already on the requested revision and verified (--skip-unchanged)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class HostRun:
     conn: HostConnection | None = None
     started: float = field(default_factory=time.monotonic)
     in_flight: bool = False  # a remote step is running right now
+    dry_run: bool = False  # describe changes instead of making them
 
     @property
     def failed(self) -> bool:
@@ -72,7 +75,7 @@ class HostRun:
     def active(self) -> bool:
         """Still taking part: connected and not failed."""
         return self.state not in (FAILED, ROLLED_BACK, ROLLBACK_FAILED, UNREACHABLE, LOCKED_OUT,
-                                  SKIPPED)
+                                  SKIPPED, UNCHANGED)
 
 
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:token|key|secret|password|passwd|auth|signature)"
@@ -86,17 +89,28 @@ def mask_secrets(text: str) -> str:
 
 
 class Console:
-    """Thread-safe progress output: `HH:MM:SS [host] message` lines."""
+    """Thread-safe progress output: plain `HH:MM:SS [host] message` lines.
 
-    def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:
+    This is what pipelines, log files and non-terminals get: no control codes, one
+    event per line. `--log PATH` appends the same lines, with the date, to a file.
+    """
+
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False,
+                 log: str | None = None) -> None:
         self.stream = stream or sys.stdout
         self.quiet = quiet
         self._lock = threading.Lock()
+        self._log = open(log, "a", encoding="utf-8") if log else None  # noqa: SIM115
 
     def _write(self, line: str) -> None:
+        line = mask_secrets(line)
         with self._lock:
-            self.stream.write(mask_secrets(line) + "\n")
+            self.stream.write(line + "\n")
             self.stream.flush()
+            if self._log is not None:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                self._log.write("".join(f"{stamp} {part}\n" for part in line.split("\n")))
+                self._log.flush()
 
     def line(self, text: str) -> None:
         """A line of a report (tables, verify rows): shown even when progress is quiet."""
@@ -124,3 +138,78 @@ class Console:
                  r.error or ""] for r in runs]
         self._write("")
         self.table(["host", "release", "outcome", "time", "detail"], rows)
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class LiveConsole(Console):
+    """A terminal gets a live per-host view (phase, elapsed, outcome), drawn by rich;
+    run-level messages scroll above it, and the summary replaces it at the end."""
+
+    def __init__(self, stream: TextIO | None = None, log: str | None = None) -> None:
+        from rich.console import Console as RichConsole
+        from rich.live import Live
+
+        super().__init__(stream, log=log)
+        self._rich = RichConsole(file=self.stream, highlight=False)
+        self._hosts: dict[str, list[Any]] = {}  # name -> [first seen, last message]
+        self._live = Live(console=self._rich, refresh_per_second=8, transient=True,
+                          get_renderable=self._render)
+        self._live.start()
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        table = Table(box=None, show_edge=False, pad_edge=False)
+        for column in ("host", "elapsed", "phase"):
+            table.add_column(column)
+        now = time.monotonic()
+        with self._lock:
+            for name, (since, message) in self._hosts.items():
+                table.add_row(name, f"{now - since:5.1f}s", mask_secrets(message)[:100])
+        return table
+
+    def info(self, message: str) -> None:
+        self._live.console.print(mask_secrets(f"{time.strftime('%H:%M:%S')} {message}"),
+                                 markup=False)
+        self._to_log(message)
+
+    def host(self, name: str, message: str) -> None:
+        with self._lock:
+            since = self._hosts.get(name, [time.monotonic()])[0]
+            self._hosts[name] = [since, message]
+        self._to_log(f"[{name}] {message}")
+
+    def error(self, message: str) -> None:
+        self._live.console.print(mask_secrets(f"error: {message}"), markup=False)
+        self._to_log(f"error: {message}")
+
+    def _to_log(self, text: str) -> None:
+        if self._log is not None:
+            with self._lock:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                self._log.write(f"{stamp} {mask_secrets(text)}\n")
+                self._log.flush()
+
+    def _write(self, line: str) -> None:
+        self._stop()
+        super()._write(line)
+
+    def _stop(self) -> None:
+        if self._live.is_started:
+            self._live.stop()
+
+    def close(self) -> None:
+        self._stop()
+        super().close()
+
+
+def make_console(stream: TextIO, log: str | None = None, live: bool | None = None) -> Console:
+    """A live view for a person at a terminal; plain lines for pipelines, CI and files."""
+    if live is None:
+        live = (stream.isatty() and not os.environ.get("CI")
+                and os.environ.get("TERM", "dumb") != "dumb")
+    return LiveConsole(stream, log=log) if live else Console(stream, log=log)

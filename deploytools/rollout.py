@@ -131,6 +131,7 @@ def in_parallel(runs: Sequence[HostRun], step: Callable[[HostRun], None], consol
         return
 
     def guarded(run: HostRun) -> None:
+        error_before = run.error
         try:
             step(run)
         except UnreachableError as exc:
@@ -141,7 +142,7 @@ def in_parallel(runs: Sequence[HostRun], step: Callable[[HostRun], None], consol
             run.fail(failed_state, str(exc))
         except Exception as exc:  # a bug or an unexpected library error: keep the others going
             run.fail(failed_state, f"{type(exc).__name__}: {exc}")
-        if run.error:
+        if run.error and run.error != error_before:
             console.host(run.name, f"{run.state}: {run.error}")
 
     if len(runs) == 1:

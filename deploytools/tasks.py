@@ -4,12 +4,16 @@ Add it to your own `tasks.py`::
 
     from invoke import Collection
     import deploytools.tasks
-    ns = Collection(deploytools.tasks.collection)      # or ns.add_collection(..., "deploy")
 
-Every task takes ``--hosts`` (group, host names, or ``all``) and ``--inventory``
-(default ``inventory.yaml`` or ``$DEPLOYTOOLS_INVENTORY``; also settable as
-``deploytools.inventory`` in invoke's config). Errors are one line; ``--debug``
-shows the traceback.
+    ns = Collection()
+    ns.add_collection(deploytools.tasks.collection, "deploy")   # inv deploy.deploy ...
+
+or use it as your whole namespace (``ns = deploytools.tasks.collection``). Every task
+takes ``--hosts`` (a group, host names, or ``all``), ``--inventory`` (default
+``inventory.yaml`` or ``$DEPLOYTOOLS_INVENTORY``; also ``deploytools.inventory`` and
+``deploytools.hosts`` in invoke's config: ``invoke.yaml``, ``INVOKE_DEPLOYTOOLS_INVENTORY``),
+``--json PATH|-``, ``--log PATH`` and ``--debug``. Nothing ever prompts. Errors are one
+line; exit codes are listed in deploytools.errors.ExitCode and the README.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
@@ -24,14 +29,17 @@ from invoke.exceptions import Exit
 from deploytools import flow
 from deploytools.errors import DeployToolsError, ExitCode
 from deploytools.inventory import Host, load_inventory
-from deploytools.report import Console
+from deploytools.report import Console, make_console, mask_secrets
 from deploytools.rollout import RolloutPolicy
 
 COMMON_HELP = {
     "hosts": "Hosts to act on: a group, host names, or 'all' (comma-separated).",
     "inventory": "Inventory file (default: inventory.yaml or $DEPLOYTOOLS_INVENTORY).",
+    "json": "Write the machine-readable run report to PATH ('-' for stdout).",
+    "log": "Append the progress lines, dated, to a local log file.",
     "debug": "Show tracebacks for errors.",
 }
+Flow = Callable[[Console], "flow.RunResult | None"]
 
 
 def _select(c: Context, hosts: str | None, inventory: str | None) -> list[Host]:
@@ -40,9 +48,11 @@ def _select(c: Context, hosts: str | None, inventory: str | None) -> list[Host]:
     return load_inventory(path).select(hosts or configured.get("hosts"))
 
 
-def _run(debug: bool, body: Callable[[Console], flow.RunResult | None]) -> None:
-    """Run a flow and turn its outcome (or error) into a one-line message and an exit code."""
-    console = Console()
+def _run(body: Flow, *, debug: bool = False, json: str | None = None, log: str | None = None,
+         options: dict[str, Any] | None = None) -> None:
+    """Run a flow; write its report; turn its outcome (or error) into one line and a code."""
+    # With the report on stdout, progress goes to stderr so stdout stays pure JSON.
+    console = make_console(sys.stderr if json == "-" else sys.stdout, log=log)
     try:
         result = body(console)
     except KeyboardInterrupt:
@@ -50,15 +60,23 @@ def _run(debug: bool, body: Callable[[Console], flow.RunResult | None]) -> None:
     except DeployToolsError as exc:
         if debug:
             traceback.print_exc()
-        raise Exit(f"error: {exc}", int(exc.exit_code)) from None
+        raise Exit(mask_secrets(f"error: {exc}"), int(exc.exit_code)) from None
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         raise Exit(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL) from None
-    if result is not None and result.exit_code != ExitCode.OK:
+    finally:
+        console.close()
+    if result is None:
+        return
+    if json:
+        from deploytools.jsonreport import write_report
+
+        write_report(result, options or {}, json)
+    if result.exit_code != ExitCode.OK:
         failed = [f"{r.name}: {r.error}" for r in result.runs if r.error]
         message = "; ".join(failed) or result.exit_code.name
-        raise Exit(f"{result.action} failed ({result.exit_code.name.lower()}): {message}",
-                   int(result.exit_code))
+        raise Exit(mask_secrets(f"{result.action} failed ({result.exit_code.name.lower()}): "
+                                f"{message}"), int(result.exit_code))
 
 
 @task(help={**COMMON_HELP, "ref": "Git ref to deploy (default: source.ref, else HEAD).",
@@ -66,53 +84,76 @@ def _run(debug: bool, body: Callable[[Console], flow.RunResult | None]) -> None:
             "canary": "Switch one host alone first; the rest only if it is healthy.",
             "max_failures": "Failed hosts (N or P%) the run may lose and go on (default 0).",
             "on_failure": "keep (default: healthy batches stay) or rollback-all.",
-            "lock_wait": "Seconds to wait for another run's lock (default: fail at once)."})
+            "lock_wait": "Seconds to wait for another run's lock (default: fail at once).",
+            "dry_run": "Print the plan and every remote operation; change nothing.",
+            "skip_unchanged": "Leave hosts already on this revision (and verified) alone."})
 def deploy(c: Context, hosts: str | None = None, inventory: str | None = None,
            ref: str | None = None, serial: str | None = None, canary: bool = False,
            max_failures: str = "0", on_failure: str = "keep", lock_wait: float = 0,
-           debug: bool = False) -> None:
+           dry_run: bool = False, skip_unchanged: bool = False, json: str | None = None,
+           log: str | None = None, debug: bool = False) -> None:
     """Ship a release to every selected host: prepare, switch, restart, health-check."""
     def body(console: Console) -> flow.RunResult:
         policy = RolloutPolicy(serial=serial, canary=canary, max_failures=max_failures,
                                on_failure=on_failure)
         return flow.deploy(_select(c, hosts, inventory), console, ref=ref, policy=policy,
-                           lock_wait=lock_wait)
+                           lock_wait=lock_wait, dry_run=dry_run, skip_unchanged=skip_unchanged)
 
-    _run(debug, body)
+    _run(body, debug=debug, json=json, log=log, options={
+        "hosts": hosts, "ref": ref, "serial": serial, "canary": canary,
+        "max_failures": max_failures, "on_failure": on_failure, "lock_wait": lock_wait,
+        "dry_run": dry_run, "skip_unchanged": skip_unchanged})
 
 
 @task(help={**COMMON_HELP, "to": "Release id to return to (default: the previous good one).",
-            "lock_wait": "Seconds to wait for another run's lock."})
+            "lock_wait": "Seconds to wait for another run's lock.",
+            "dry_run": "Print what would be done; change nothing."})
 def rollback(c: Context, hosts: str | None = None, inventory: str | None = None,
-             to: str | None = None, lock_wait: float = 0, debug: bool = False) -> None:
+             to: str | None = None, lock_wait: float = 0, dry_run: bool = False,
+             json: str | None = None, log: str | None = None, debug: bool = False) -> None:
     """Switch back to the previous good release (or --to ID), restart and health-check."""
-    _run(debug, lambda console: flow.rollback(_select(c, hosts, inventory), console, to=to,
-                                              lock_wait=lock_wait))
+    _run(lambda console: flow.rollback(_select(c, hosts, inventory), console, to=to,
+                                       lock_wait=lock_wait, dry_run=dry_run),
+         debug=debug, json=json, log=log,
+         options={"hosts": hosts, "to": to, "lock_wait": lock_wait, "dry_run": dry_run})
 
 
 @task(help=COMMON_HELP)
 def releases(c: Context, hosts: str | None = None, inventory: str | None = None,
-             debug: bool = False) -> None:
+             json: str | None = None, log: str | None = None, debug: bool = False) -> None:
     """List each host's releases: current marked, revision, switch time, failures."""
-    _run(debug, lambda console: flow.list_releases(_select(c, hosts, inventory), console))
-
-
-@task(help={**COMMON_HELP, "force": "Remove locks that are not stale too."})
-def unlock(c: Context, hosts: str | None = None, inventory: str | None = None,
-           force: bool = False, debug: bool = False) -> None:
-    """Remove stale deploy locks (older than lock_expiry), or any lock with --force."""
-    _run(debug, lambda console: flow.unlock(_select(c, hosts, inventory), console, force=force))
+    _run(lambda console: flow.list_releases(_select(c, hosts, inventory), console),
+         debug=debug, json=json, log=log, options={"hosts": hosts})
 
 
 @task(help={**COMMON_HELP,
             "expect": "Release id, revision or git ref that current must be."})
 def verify(c: Context, hosts: str | None = None, inventory: str | None = None,
-           expect: str | None = None, debug: bool = False) -> None:
+           expect: str | None = None, json: str | None = None, log: str | None = None,
+           debug: bool = False) -> None:
     """Prove each host runs the code shipped: current, files, bytecode, processes, health."""
     from deploytools.verify import verify_fleet
 
-    _run(debug, lambda console: verify_fleet(_select(c, hosts, inventory), console,
-                                             expect=expect))
+    _run(lambda console: verify_fleet(_select(c, hosts, inventory), console, expect=expect),
+         debug=debug, json=json, log=log, options={"hosts": hosts, "expect": expect})
+
+
+@task(help=COMMON_HELP)
+def status(c: Context, hosts: str | None = None, inventory: str | None = None,
+           json: str | None = None, log: str | None = None, debug: bool = False) -> None:
+    """The fleet at a glance: release each host runs, processes, health, lock."""
+    from deploytools.verify import status_fleet
+
+    _run(lambda console: status_fleet(_select(c, hosts, inventory), console),
+         debug=debug, json=json, log=log, options={"hosts": hosts})
+
+
+@task(help=COMMON_HELP)
+def check(c: Context, hosts: str | None = None, inventory: str | None = None,
+          json: str | None = None, log: str | None = None, debug: bool = False) -> None:
+    """Preflight without changing anything: keys, deploy_to, disk, Python, supervisor, lock."""
+    _run(lambda console: flow.check(_select(c, hosts, inventory), console),
+         debug=debug, json=json, log=log, options={"hosts": hosts})
 
 
 @task(name="clear-cache",
@@ -120,14 +161,28 @@ def verify(c: Context, hosts: str | None = None, inventory: str | None = None,
             "path": "Directory to clean (must lie under deploy_to; default: current).",
             "restart": "Then stop/start the supervisor programs and health-check.",
             "include_venv": "Also clean inside virtualenvs (.venv, venv).",
-            "lock_wait": "Seconds to wait for another run's lock."})
+            "lock_wait": "Seconds to wait for another run's lock.",
+            "dry_run": "Print what would be done; change nothing."})
 def clear_cache(c: Context, hosts: str | None = None, inventory: str | None = None,
                 path: str | None = None, restart: bool = False, include_venv: bool = False,
-                lock_wait: float = 0, debug: bool = False) -> None:
+                lock_wait: float = 0, dry_run: bool = False, json: str | None = None,
+                log: str | None = None, debug: bool = False) -> None:
     """Remove __pycache__ dirs and *.pyc/*.pyo under the current release; optionally restart."""
-    _run(debug, lambda console: flow.clear_cache(
+    _run(lambda console: flow.clear_cache(
         _select(c, hosts, inventory), console, path=path, restart=restart,
-        include_venv=include_venv, lock_wait=lock_wait))
+        include_venv=include_venv, lock_wait=lock_wait, dry_run=dry_run),
+        debug=debug, json=json, log=log,
+        options={"hosts": hosts, "path": path, "restart": restart,
+                 "include_venv": include_venv, "dry_run": dry_run})
+
+
+@task(help={**COMMON_HELP, "force": "Remove locks that are not stale too."})
+def unlock(c: Context, hosts: str | None = None, inventory: str | None = None,
+           force: bool = False, json: str | None = None, log: str | None = None,
+           debug: bool = False) -> None:
+    """Remove stale deploy locks (older than lock_expiry), or any lock with --force."""
+    _run(lambda console: flow.unlock(_select(c, hosts, inventory), console, force=force),
+         debug=debug, json=json, log=log, options={"hosts": hosts, "force": force})
 
 
 @task(help={"hosts": "Number of simulated hosts (default 3).",
@@ -136,8 +191,9 @@ def demo(c: Context, hosts: int = 3, keep: bool = False, debug: bool = False) ->
     """Run a local sandbox fleet and deploy a sample app to it: v1, v2, then a failing v3."""
     from deploytools.demo import run_demo  # the sandbox is only imported when asked for
 
-    _run(debug, lambda console: run_demo(console, hosts=hosts, keep=keep))
+    _run(lambda console: run_demo(console, hosts=hosts, keep=keep), debug=debug)
 
 
-collection = Collection(deploy, rollback, releases, verify, clear_cache, unlock, demo)
+collection = Collection(deploy, rollback, releases, verify, status, check, clear_cache, unlock,
+                        demo)
 collection.configure({"deploytools": {"inventory": None, "hosts": None}})

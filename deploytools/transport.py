@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 import paramiko
 from fabric import Connection
 
+from deploytools import dryrun
 from deploytools.errors import RemoteError, UnreachableError
 from deploytools.inventory import Host
 
@@ -95,10 +96,12 @@ class AgentCall:
 class HostConnection:
     """The single SSH connection to one host for a whole run."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, dry_run: bool = False) -> None:
         self.host = host
-        self.commands = 0  # remote commands run (benchmarks and tests read it)
+        self.dry_run = dry_run  # describe mutating operations instead of running them
+        self.commands = 0  # remote commands run (the JSON report and benchmarks read it)
         self.bytes_sent = 0
+        self.connections = 0
         self._conn: Connection | None = None
 
     # ------------------------------------------------------------------ connect
@@ -109,6 +112,7 @@ class HostConnection:
         for attempt in range(1, attempts + 1):
             try:
                 self._conn = self._connect(ssh)
+                self.connections += 1
                 return
             except UnreachableError as exc:
                 if not getattr(exc, "retryable", False) or attempt == attempts:
@@ -211,6 +215,13 @@ class HostConnection:
         timeout: float | None = None,
     ) -> AgentCall:
         """Run one agent operation: send modules, request and optional upload, read events."""
+        if self.dry_run and request["op"] in dryrun.MUTATING_OPS:
+            lines = dryrun.describe(request)
+            for line in lines:
+                if on_event:
+                    on_event("would " + line)
+            return AgentCall(result=dryrun.pretend(request), error=None,
+                             events=["would " + line for line in lines])
         if self._conn is None:
             self.open()
         assert self._conn is not None

@@ -65,13 +65,7 @@ def verify_fleet(hosts: list[Host], console: Console, expect: str | None = None)
     finally:
         close_all(runs)
     show_checks(runs, console)
-    if all(r.state == HEALTHY for r in runs):
-        code = ExitCode.OK
-    elif any(r.state == UNREACHABLE for r in runs):
-        code = exit_code_for(runs)
-    else:
-        code = ExitCode.VERIFY_FAILED
-    return RunResult("verify", new_run_id(), None, runs, code, started, time.time(),
+    return RunResult("verify", new_run_id(), None, runs, verdict(runs), started, time.time(),
                      extra={"expect": expect})
 
 
@@ -92,3 +86,45 @@ def show_checks(runs: list[HostRun], console: Console) -> None:
     failing = [r for r in runs if r.state == FAILED or r.state == UNREACHABLE]
     console.line("")
     console.line(f"verify: {len(runs) - len(failing)} of {len(runs)} hosts pass")
+
+
+def status_fleet(hosts: list[Host], console: Console) -> RunResult:
+    """One view of the fleet: what each host actually runs, and whether it is sound."""
+    started = time.time()
+    runs = [HostRun(host) for host in hosts]
+    try:
+        in_parallel(runs, lambda r: verify_host(r, console, None), console)
+    finally:
+        close_all(runs)
+    rows = []
+    for run in runs:
+        result = run.facts.get("verify") or {}
+        checks = {c["check"]: c for c in result.get("checks", [])}
+        processes = [c for name, c in checks.items() if name.startswith("process ")]
+        health = checks.get("health")
+        lock = result.get("lock")
+        rows.append([
+            run.name,
+            run.release or "-",
+            str(result.get("revision") or "-")[:12],
+            "-" if not processes else ("ok" if all(c["ok"] for c in processes) else "STALE"),
+            "-" if not health else ("ok" if health["ok"] else "FAIL"),
+            f"held by {lock.get('user', '?')}" if lock else "free",
+            "ok" if run.state == HEALTHY else (run.error or run.state),
+        ])
+    console.line("")
+    console.table(["host", "release", "revision", "processes", "health", "lock", "status"],
+                  rows)
+    releases = {r.release for r in runs if r.release}
+    if len(releases) > 1:
+        console.line(f"\nfleet on {len(releases)} different releases: "
+                     f"{', '.join(sorted(releases))}")
+    return RunResult("status", new_run_id(), None, runs, verdict(runs), started, time.time())
+
+
+def verdict(runs: list[HostRun]) -> ExitCode:
+    if all(r.state == HEALTHY for r in runs):
+        return ExitCode.OK
+    if any(r.state == UNREACHABLE for r in runs):
+        return exit_code_for(runs)
+    return ExitCode.VERIFY_FAILED

@@ -73,20 +73,22 @@ def python_facts() -> Dict[str, Any]:
 
 
 def op_preflight(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
-    """Check everything a deploy needs, then take the lock if asked and all is well."""
+    """Check everything a deploy needs, then take the lock if asked and all is well.
+
+    With `read_only` (inv check, --dry-run) nothing is created and no lock is taken; the
+    lock holder, if any, is reported instead. With `unchanged_if` (--skip-unchanged), a
+    host whose current release has that revision and passes every verify check is
+    reported `unchanged` and not locked: it will not be touched.
+    """
     layout = Layout(req["deploy_to"])
+    read_only = bool(req.get("read_only"))
     problems: List[str] = []
     result: Dict[str, Any] = {"python": python_facts()}
+    problem = check_writable(layout, read_only)
+    if problem:
+        problems.append(problem)
     try:
-        layout.ensure()
-        probe = os.path.join(layout.meta, ".write-test-%d" % os.getpid())
-        with open(probe, "w") as fh:
-            fh.write("ok")
-        os.unlink(probe)
-    except OSError as exc:
-        problems.append("deploy_to %s is not writable: %s" % (layout.deploy_to, exc.strerror))
-    try:
-        stat = os.statvfs(layout.deploy_to if os.path.isdir(layout.deploy_to) else "/")
+        stat = os.statvfs(nearest_existing(layout.deploy_to))
         free_mb = stat.f_bavail * stat.f_frsize // (1024 * 1024)
         result["disk_free_mb"] = free_mb
         need = int(req.get("min_free_mb") or 0)
@@ -110,11 +112,65 @@ def op_preflight(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     result["current"] = layout.current_id()
     result["releases"] = layout.describe()
     result["problems"] = problems
+    if req.get("unchanged_if") and not problems and is_unchanged(layout, req):
+        result["unchanged"] = True
+        return result
     lock = req.get("lock")
-    if lock and not problems:
+    if read_only:
+        result["lock"] = {"acquired": False, "holder": lock_holder(layout, lock or {})}
+    elif lock and not problems:
         holder = wait_for_lock(layout, lock)
         result["lock"] = {"acquired": holder is None, "holder": holder}
     return result
+
+
+def nearest_existing(path: str) -> str:
+    while not os.path.exists(path) and path not in ("/", ""):
+        path = os.path.dirname(path)
+    return path or "/"
+
+
+def check_writable(layout: Layout, read_only: bool) -> Optional[str]:
+    """deploy_to must be writable: created and probed, or (read_only) judged by access()."""
+    try:
+        if read_only:
+            base = nearest_existing(layout.deploy_to)
+            if not os.access(base, os.W_OK | os.X_OK):
+                return "deploy_to %s is not writable (checked %s)" % (layout.deploy_to, base)
+            return None
+        layout.ensure()
+        probe = os.path.join(layout.meta, ".write-test-%d" % os.getpid())
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        return "deploy_to %s is not writable: %s" % (layout.deploy_to, exc.strerror)
+    return None
+
+
+def is_unchanged(layout: Layout, req: Dict[str, Any]) -> bool:
+    current = layout.current_id()
+    manifest = layout.manifest(current) if current else None
+    if not manifest or manifest.get("revision") != req["unchanged_if"] or layout.failure(current):
+        return False
+    checks = verify.verify(req)["checks"]
+    failed = [c for c in checks if not c["ok"]]
+    if failed:
+        event("on revision %s but %s: redeploying" % (
+            str(req["unchanged_if"])[:12], "; ".join(c["detail"] for c in failed[:2])))
+        return False
+    event("already on %s and verified: nothing to do" % current)
+    return True
+
+
+def lock_holder(layout: Layout, lock: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    holder = layout.lock_owner()
+    if holder is None:
+        return None
+    holder = dict(holder)
+    holder["age_seconds"] = round(time.time() - float(holder.get("acquired_at") or 0), 1)
+    holder["stale"] = holder["age_seconds"] > float(lock.get("expiry") or 3600)
+    return holder
 
 
 def wait_for_lock(layout: Layout, lock: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -122,12 +178,9 @@ def wait_for_lock(layout: Layout, lock: Dict[str, Any]) -> Optional[Dict[str, An
     deadline = time.time() + float(lock.get("wait") or 0)
     announced = False
     while True:
-        holder = layout.acquire_lock(owner)
-        if holder is None:
+        if layout.acquire_lock(owner) is None:
             return None
-        holder = dict(holder)
-        holder["age_seconds"] = round(time.time() - float(holder.get("acquired_at") or 0), 1)
-        holder["stale"] = holder["age_seconds"] > float(lock.get("expiry") or 3600)
+        holder = lock_holder(layout, lock) or {"user": "unknown (lock just released)"}
         if time.time() >= deadline:
             return holder
         if not announced:

@@ -35,7 +35,7 @@ def verify(req: Dict[str, Any]) -> Dict[str, Any]:
     current_row = check_current(layout, release_id, req.get("expect"))
     rows.append(current_row)
     if not current_row["ok"] and release_id is None:
-        return {"release": None, "checks": rows}
+        return {"release": None, "checks": rows, "lock": layout.lock_owner()}
     release_dir = layout.release(release_id)
     manifest = layout.manifest(release_id) or {}
     rows.append(check_integrity(layout, release_id, manifest))
@@ -43,7 +43,8 @@ def verify(req: Dict[str, Any]) -> Dict[str, Any]:
     rows.extend(check_processes(layout, release_dir, req))
     if (req.get("health") or {}).get("url"):
         rows.append(check_health(layout, release_id, req))
-    return {"release": release_id, "revision": manifest.get("revision"), "checks": rows}
+    return {"release": release_id, "revision": manifest.get("revision"), "checks": rows,
+            "lock": layout.lock_owner()}
 
 
 def check_current(layout: Layout, release_id: Optional[str],

@@ -1,0 +1,94 @@
+"""`--dry-run`: the same flow, with a transport that describes changes instead of making them.
+
+Read-only operations (preflight in read-only mode, releases, verify) still run for
+real, so the plan shows each host's actual current release and lock; every
+operation that would change a host is printed, step by step, and answered with the
+result it would have had if all went well.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MUTATING_OPS = frozenset({"prepare", "activate", "finish", "hooks", "clear_cache", "unlock"})
+
+
+def describe(request: dict[str, Any]) -> list[str]:
+    """The remote operations one agent request would perform, in order, as text."""
+    op = request["op"]
+    deploy_to = request.get("deploy_to", "")
+    if op == "prepare":
+        files = len(request["manifest"].get("files", {}))
+        lines = [f"create {deploy_to}/releases/{request['release_id']} from the artifact "
+                 f"({files} files, {request['artifact_size']} bytes)"]
+        shared = request.get("shared") or {}
+        for rel in [*shared.get("dirs", ()), *shared.get("files", ())]:
+            lines.append(f"link {rel} -> {deploy_to}/shared/{rel}")
+        if request.get("venv"):
+            lines.append(f"virtualenv for {request['venv']['requirements']} "
+                         "(reused when unchanged), linked as .venv")
+        mode = request["bytecode"]
+        lines.append({"precompile": f"precompile bytecode ({request['pyc_invalidation']})",
+                      "clear": "remove any bytecode", "off": "leave bytecode alone"}[mode])
+        lines += _hooks(request, "after_prepare")
+        return lines
+    if op == "activate":
+        programs = ", ".join(request["programs"])
+        lines = [f"switch {deploy_to}/current -> releases/{request['target']} (atomic rename)"]
+        lines += _hooks(request, "after_switch")
+        lines.append(f"stop {programs}, wait until stopped; start, wait until RUNNING")
+        url = (request.get("health") or {}).get("url")
+        if url:
+            for key, value in (request.get("values") or {}).items():
+                url = url.replace("{" + key + "}", value)
+            lines.append(f"health check {url.replace('{release}', request['target'])}")
+        lines += _hooks(request, "after_restart")
+        if request.get("fallback"):
+            lines.append(f"on failure: switch back to {request['fallback']}, restart, re-check")
+        return lines
+    if op == "hooks":
+        return _hooks(request, request["point"]) or [f"no {request['point']} hooks"]
+    if op == "finish":
+        lines = ["append a history line"]
+        if request.get("keep_releases"):
+            lines.append(f"remove old releases beyond {request['keep_releases']} good ones")
+        if request.get("discard_release"):
+            lines.append(f"remove unused release {request['discard_release']}")
+        lines.append("release the deploy lock")
+        return lines
+    if op == "clear_cache":
+        where = request.get("path") or f"{deploy_to}/current"
+        venvs = " (including virtualenvs)" if request.get("include_venv") else ""
+        return [f"remove __pycache__ and *.pyc under {where}{venvs}"]
+    if op == "unlock":
+        return ["remove the deploy lock" + (" (forced)" if request.get("force") else "")]
+    return [op]
+
+
+def _hooks(request: dict[str, Any], point: str) -> list[str]:
+    hooks = (request.get("hooks") or {}).get(point) or []
+    out = []
+    for hook in hooks:
+        spec = {"run": hook} if isinstance(hook, str) else hook
+        if spec.get("run_once") and not request.get("run_once_here"):
+            continue
+        out.append(f"{point} hook: {spec['run']}")
+    return out
+
+
+def pretend(request: dict[str, Any]) -> dict[str, Any]:
+    """The result a mutating operation would return had everything gone well."""
+    op = request["op"]
+    if op == "prepare":
+        return {"release": request["release_id"], "files": len(request["manifest"]["files"]),
+                "bytes": request["artifact_size"], "timings": {}, "bytecode": {}}
+    if op == "activate":
+        return {"outcome": "healthy", "release": request["target"], "target": request["target"],
+                "fallback": request.get("fallback"), "attempt": {"ok": True, "programs": []}}
+    if op == "hooks":
+        return {"hooks": []}
+    if op == "clear_cache":
+        return {"path": request.get("path"), "dirs": 0, "files": 0, "errors": [], "edits": []}
+    if op == "unlock":
+        return {"owner": None, "removed": False, "reason": "dry run"}
+    return {}
