@@ -2,7 +2,8 @@
 
 Shows a new user the whole product in one command on one machine: simulated
 hosts (real sshd + supervisord each, on 127.x addresses), deploy v1, deploy v2,
-a failing v3 that is rolled back on its own, and the releases on every host.
+a failing v3 that is rolled back on its own, the releases on every host, the proof
+(`verify`) and the fleet view (`status`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from deploytools.errors import ConfigError, ExitCode
 from deploytools.inventory import load_inventory
 from deploytools.report import Console
 from deploytools.sandbox import sshd_path, start_fleet, write_sample_app
+from deploytools.verify import status_fleet, verify_fleet
 
 
 def _commit(repo: Path, version: str, **options: object) -> None:
@@ -46,11 +48,15 @@ def run_demo(console: Console, hosts: int = 3, keep: bool = False) -> flow.RunRe
             result = flow.deploy(selected, console)
         console.info("==> inv releases --hosts prod")
         flow.list_releases(selected, console)
+        console.info("==> inv verify --hosts prod")
+        verified = verify_fleet(selected, console)
+        console.info("==> inv status --hosts prod")
+        status_fleet(selected, console)
         for sim in fleet.hosts:
             answer = sim.health() or {}
             console.info(f"{sim.name} serves release {answer.get('release')} "
                          f"(version {answer.get('version')}, pid {answer.get('pid')})")
-        ok = result.exit_code == ExitCode.FAILED_ROLLED_BACK and all(
+        ok = result.exit_code == ExitCode.FAILED_ROLLED_BACK and verified.exit_code == 0 and all(
             (sim.health() or {}).get("version") == "v2" for sim in fleet.hosts)
         console.info("demo finished: v3 failed its health check and every host is back on v2"
                      if ok else "demo finished with unexpected results (see above)")
