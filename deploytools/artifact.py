@@ -8,23 +8,30 @@ the sha256 of every file, so `verify` can prove later that a release is intact.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import getpass
 import hashlib
 import io
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from deploytools import __version__
 from deploytools.errors import ConfigError
+from deploytools.remote import bytecode
+
+_Member = tuple[tarfile.TarInfo, bytes | None]
 
 ALWAYS_EXCLUDED = (".git", "__pycache__", "*.pyc", "*.pyo")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "deploytools"
@@ -32,7 +39,12 @@ CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "d
 
 @dataclass
 class Artifact:
-    """A built release: id, revision, the tar file and the manifest."""
+    """A built release: id, revision, the tar file, its members and the manifest.
+
+    Hosts that already have a previous release get only what changed (`delta`,
+    `archive`); hosts whose interpreter matches ours get bytecode compiled once here
+    (`pycs`) instead of compiling it themselves.
+    """
 
     release_id: str
     revision: str
@@ -41,6 +53,70 @@ class Artifact:
     tar: IO[bytes]
     size: int
     manifest: dict[str, Any]
+    members: dict[str, _Member] = field(default_factory=dict, repr=False)
+    _pyc_cache: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _compile_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _source_tree: str | None = field(default=None, repr=False)
+
+    @property
+    def files(self) -> dict[str, str]:
+        return self.manifest["files"]
+
+    def delta(self, base: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+        """Files to send to a host whose base release holds `base` (path -> sha256, intact
+        files only), and files of the base that the new release no longer has."""
+        changed = {path: digest for path, digest in self.files.items()
+                   if base.get(path) != digest or digest.startswith("symlink:")}
+        removed = sorted(path for path in base if path not in self.files)
+        return changed, removed
+
+    def archive(self, paths: list[str] | None = None,
+                extra: dict[str, bytes] | None = None) -> tuple[int, Callable[[], Iterator[bytes]]]:
+        """A tar of `paths` (all when None) plus `extra` files, as (size, stream factory)."""
+        if paths is None and not extra:
+            return self.size, self.stream
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            for path in (sorted(self.members) if paths is None else sorted(paths)):
+                info, body = self.members[path]
+                archive.addfile(copy.copy(info), io.BytesIO(body) if body is not None else None)
+            for path, data in sorted((extra or {}).items()):
+                info = tarfile.TarInfo(path)
+                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+                archive.addfile(info, io.BytesIO(data))
+        data = buffer.getvalue()
+        return len(data), lambda: iter([data])
+
+    def pycs(self, sources: list[str], invalidation_mode: str) -> dict[str, bytes]:
+        """Bytecode for these sources, compiled once per run by this interpreter (hash-based
+        pycs are valid on every host with the same magic number), keyed by pyc path."""
+        tag = sys.implementation.cache_tag
+        wanted = {src: pyc_path(src, tag) for src in sources if src.endswith(".py")}
+        with self._compile_lock:
+            missing = [src for src, pyc in wanted.items() if pyc not in self._pyc_cache]
+            if missing:
+                root = self._extracted()
+                result = bytecode.compile_tree(root, invalidation_mode=invalidation_mode,
+                                               files=missing)
+                if result["errors"]:
+                    first = result["errors"][0]
+                    raise ConfigError(f"cannot compile {first['file']} line {first.get('line')}: "
+                                      f"{first['message']}")
+                for src in missing:
+                    pyc = wanted[src]
+                    self._pyc_cache[pyc] = Path(root, pyc).read_bytes()
+            return {pyc: self._pyc_cache[pyc] for pyc in wanted.values()}
+
+    def _extracted(self) -> str:
+        """The artifact's sources unpacked once in a private temporary directory."""
+        if self._source_tree is None:
+            self._source_tree = tempfile.mkdtemp(prefix="deploytools-src-")
+            for path, (info, body) in self.members.items():
+                if info.isfile() and body is not None:
+                    target = Path(self._source_tree, path)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(body)
+        return self._source_tree
 
     def stream(self) -> Iterator[bytes]:
         """The tar bytes, from the start (each host gets its own pass over the file)."""
@@ -63,6 +139,21 @@ class Artifact:
 
     def close(self) -> None:
         self.tar.close()
+        if self._source_tree:
+            shutil.rmtree(self._source_tree, ignore_errors=True)
+
+
+def pyc_path(source: str, cache_tag: str) -> str:
+    """`pkg/mod.py` -> `pkg/__pycache__/mod.<tag>.pyc` (PEP 3147)."""
+    folder, _, name = source.rpartition("/")
+    cached = f"__pycache__/{name[:-3]}.{cache_tag}.pyc"
+    return f"{folder}/{cached}" if folder else cached
+
+
+def files_digest(files: dict[str, str]) -> str:
+    """One digest for a whole manifest: the host checks the manifest it assembled."""
+    return hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(files.items())).encode()
+                          ).hexdigest()
 
 
 def excluded(relpath: str, patterns: tuple[str, ...]) -> bool:
@@ -113,8 +204,7 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         raise ConfigError("no source: set source.repo or source.path in the inventory")
     tar, size, files = _write_tar(members)
     if revision is None:
-        digest = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(files.items())).encode())
-        revision = "sha256:" + digest.hexdigest()
+        revision = "sha256:" + files_digest(files)
     manifest = {
         "id": release_id,
         "revision": revision,
@@ -125,12 +215,11 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         "deploytools": __version__,
         "files": files,
     }
-    return Artifact(release_id, revision, ref, origin, tar, size, manifest)
+    return Artifact(release_id, revision, ref, origin, tar, size, manifest,
+                    members={info.name: (info, body) for info, body in members})
 
 
 # --------------------------------------------------------------------------- sources
-
-_Member = tuple[tarfile.TarInfo, bytes | None]
 
 
 def resolve_revision(source: Mapping[str, Any], ref: str, repo: str | None = None) -> str | None:

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import importlib.util
 import os
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploytools.artifact import Artifact, build_artifact, resolve_revision
+from deploytools.artifact import Artifact, build_artifact, files_digest, resolve_revision
 from deploytools.errors import ConfigError, ExitCode, LockHeldError, RemoteError
 from deploytools.inventory import Host
 from deploytools.report import (
@@ -53,7 +55,7 @@ from deploytools.rollout import (
     in_parallel,
     parse_serial,
 )
-from deploytools.transport import AgentCall, HostConnection
+from deploytools.transport import AgentCall, Answer, HostConnection, Upload
 
 
 @dataclass
@@ -300,25 +302,55 @@ def describe_lock_holder(holder: dict[str, Any]) -> str:
 
 
 def prepare(run: HostRun, console: Console, artifact: Artifact, run_once_here: bool) -> None:
-    """Create releases/<id> from the artifact; the host still serves its old release."""
+    """Create releases/<id> on the host; it still serves its old release.
+
+    One remote command: the host names the release it can start from and which of its
+    files are intact; only the difference is sent, with bytecode compiled here once
+    when the host's interpreter has our magic number.
+    """
     step_started = time.monotonic()
     settings = run.host.settings
     request = {
         "op": "prepare",
         "deploy_to": run.host.deploy_to,
         "release_id": artifact.release_id,
-        "manifest": artifact.manifest,
-        "artifact_size": artifact.size,
+        "manifest": {k: v for k, v in artifact.manifest.items() if k != "files"},
         "bytecode": settings["bytecode"],
         "pyc_invalidation": settings["pyc_invalidation"],
         "shared": settings["shared"],
         "venv": settings.get("venv"),
         **hook_context(run, run_once_here),
     }
-    result = call(run, request, console, upload=artifact.stream())
+
+    def send_difference(question: dict[str, Any]) -> tuple[dict[str, Any], Upload | None]:
+        changed, removed = artifact.delta(question["files"])
+        fresh = not question["base"]
+        size, stream = artifact.archive(None if fresh else list(changed))
+        answer: dict[str, Any] = {"changed": changed, "removed": removed,
+                                  "digest": files_digest(artifact.files), "archive_size": size}
+        streams = [stream]
+        if compiles_here(run):
+            pyc_size, pyc_stream = artifact.archive(
+                [], artifact.pycs(list(changed), settings["pyc_invalidation"]))
+            answer["pyc_archive_size"] = pyc_size
+            streams.append(pyc_stream)
+        return answer, lambda: (block for s in streams for block in s())
+
+    result = call(run, request, console, answer=send_difference)
     run.facts["prepare"] = result
     run.state = PREPARED
     run.timings["prepare"] = time.monotonic() - step_started
+
+
+def compiles_here(run: HostRun) -> bool:
+    """Compile once on the controller: hash-based pycs from our interpreter are valid on a
+    host whose interpreter has the same magic number and cache tag."""
+    settings = run.host.settings
+    python = run.facts.get("python") or {}
+    return (settings["bytecode"] == "precompile"
+            and settings["pyc_invalidation"] in ("checked-hash", "unchecked-hash")
+            and python.get("magic") == importlib.util.MAGIC_NUMBER.hex()
+            and python.get("cache_tag") == sys.implementation.cache_tag)
 
 
 def activate(run: HostRun, console: Console, release_id: str, *, fallback: str | None = None,
@@ -465,7 +497,8 @@ def close_all(runs: list[HostRun]) -> None:
 
 
 def call(run: HostRun, request: dict[str, Any], console: Console,
-         upload: Any = None, quiet: bool = False) -> dict[str, Any]:
+         upload: Upload | None = None, quiet: bool = False,
+         answer: Answer | None = None) -> dict[str, Any]:
     """One agent call on this host's connection; progress lines are prefixed with the host."""
     assert run.conn is not None
     on_event: Callable[[str], None] | None = None
@@ -474,14 +507,14 @@ def call(run: HostRun, request: dict[str, Any], console: Console,
             console.host(run.name, message)
     run.in_flight = True
     try:
-        answer: AgentCall = run.conn.call(request, upload=upload, on_event=on_event,
-                                          timeout=run.remaining_time())
+        reply: AgentCall = run.conn.call(request, upload=upload, on_event=on_event,
+                                         timeout=run.remaining_time(), answer=answer)
     finally:
         run.in_flight = False
-    if answer.error:
-        raise RemoteError(run.name, answer.error["message"])
-    assert answer.result is not None
-    return answer.result
+    if reply.error:
+        raise RemoteError(run.name, reply.error["message"])
+    assert reply.result is not None
+    return reply.result
 
 
 # =========================================================================== rollback

@@ -14,6 +14,8 @@ compressed with each call and run under the host's interpreter, so a phase is on
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import random
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import paramiko
 from fabric import Connection
@@ -39,11 +41,40 @@ REMOTE_MODULES = (
 )
 CHUNK = 256 * 1024
 
+AGENT_CACHE_MISS = 75  # the bootstrap's exit status when the host lacks this agent
+# Loads the agent's modules from the host's cache (checked against their digest) or,
+# when told "inline", from stdin, caching them for the next call. Then runs it.
 BOOTSTRAP = """\
-import sys, json, zlib, types
-r = sys.stdin.buffer
-n = int(r.readline())
-for name, src in json.loads(zlib.decompress(r.read(n))):
+import sys, os, json, zlib, types, hashlib
+digest, mode = sys.argv[1], sys.argv[2]
+dirs = [os.path.expanduser("~/.cache/deploytools"), "/tmp/deploytools-%d" % os.getuid()]
+data = None
+if mode == "cached":
+    for d in dirs:
+        try:
+            with open(os.path.join(d, "agent-" + digest), "rb") as f:
+                blob = f.read()
+        except OSError:
+            continue
+        if hashlib.sha256(blob).hexdigest()[:32] == digest:
+            data = blob
+            break
+    if data is None:
+        sys.exit(75)
+else:
+    r = sys.stdin.buffer
+    data = r.read(int(r.readline()))
+    for d in dirs:
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            tmp = os.path.join(d, "agent-%s.%d" % (digest, os.getpid()))
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, os.path.join(d, "agent-" + digest))
+            break
+        except OSError:
+            continue
+for name, src in json.loads(zlib.decompress(data)):
     m = types.ModuleType(name)
     sys.modules[name] = m
     parent, _, child = name.rpartition(".")
@@ -55,19 +86,35 @@ for name, src in json.loads(zlib.decompress(r.read(n))):
         exec(compile(src, "<deploytools " + name + ">", "exec"), m.__dict__)
 sys.modules["deploytools.remote.agent"].main()
 """
+Upload = Callable[[], Iterable[bytes]]  # called once per attempt: a fresh stream each time
+Answer = Callable[[dict[str, Any]], "tuple[dict[str, Any], Upload | None]"]
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    """A compressed JSON frame: `<length>\\n<zlib(json)>` (read by agent.read_frame)."""
+    packed = zlib.compress(json.dumps(message).encode(), 6)
+    return str(len(packed)).encode() + b"\n" + packed
 
 
 @cache
-def agent_bundle() -> bytes:
-    """The remote modules, compressed once per process, framed for the bootstrap."""
+def _packed_agent() -> bytes:
     here = Path(__file__).parent / "remote"
     modules: list[tuple[str, str | None]] = [("deploytools", None), ("deploytools.remote", None)]
     for name in REMOTE_MODULES:
-        path = here / f"{name}.py"
-        if path.exists():
-            modules.append((f"deploytools.remote.{name}", path.read_text(encoding="utf-8")))
-    packed = zlib.compress(json.dumps(modules).encode(), 9)
+        modules.append((f"deploytools.remote.{name}",
+                        (here / f"{name}.py").read_text(encoding="utf-8")))
+    return zlib.compress(json.dumps(modules).encode(), 9)
+
+
+def agent_bundle() -> bytes:
+    """The remote modules, compressed once per process, framed for the bootstrap."""
+    packed = _packed_agent()
     return str(len(packed)).encode() + b"\n" + packed
+
+
+def agent_digest() -> str:
+    """Names this exact agent in the host's cache (a changed agent is a new entry)."""
+    return hashlib.sha256(_packed_agent()).hexdigest()[:32]
 
 
 class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
@@ -102,6 +149,7 @@ class HostConnection:
         self.commands = 0  # remote commands run (the JSON report and benchmarks read it)
         self.bytes_sent = 0
         self.connections = 0
+        self._agent_cached: bool | None = None  # None: unknown, try the host's cache
         self._conn: Connection | None = None
 
     # ------------------------------------------------------------------ connect
@@ -196,12 +244,14 @@ class HostConnection:
 
     # ------------------------------------------------------------------ agent
 
-    def agent_command(self) -> str:
-        """The remote command line: the host's Python running the bootstrap, under a
-        `timeout` so that a lost controller never leaves it running forever."""
+    def agent_command(self, cached: bool = True) -> str:
+        """The remote command line: the host's Python running the bootstrap (which loads
+        the agent from its cache, or from stdin), under a `timeout` so that a lost
+        controller never leaves it running forever."""
         settings = self.host.settings
         limit = int(settings["ssh"]["command_timeout"])
-        parts = ["timeout", "-k", "10", str(limit), settings["python"], "-c", BOOTSTRAP]
+        parts = ["timeout", "-k", "10", str(limit), settings["python"], "-c", BOOTSTRAP,
+                 agent_digest(), "cached" if cached else "inline"]
         command = " ".join(shlex.quote(p) for p in parts)
         if settings["supervisor"].get("sudo"):
             command = "sudo -n " + command
@@ -210,11 +260,17 @@ class HostConnection:
     def call(
         self,
         request: dict[str, Any],
-        upload: Iterable[bytes] | BinaryIO | None = None,
+        upload: Upload | None = None,
         on_event: Callable[[str], None] | None = None,
         timeout: float | None = None,
+        answer: Answer | None = None,
     ) -> AgentCall:
-        """Run one agent operation: send modules, request and optional upload, read events."""
+        """Run one agent operation on the open connection (one remote command).
+
+        `upload` streams bytes after the request (e.g. the artifact). With `answer`, the
+        agent may ask one question mid-call (prepare asks what to send given the base
+        release it has); the answer's frame and upload follow on the same channel.
+        """
         if self.dry_run and request["op"] in dryrun.MUTATING_OPS:
             lines = dryrun.describe(request)
             for line in lines:
@@ -222,23 +278,46 @@ class HostConnection:
                     on_event("would " + line)
             return AgentCall(result=dryrun.pretend(request), error=None,
                              events=["would " + line for line in lines])
+        if answer is not None:
+            request = dict(request, asks=True)
+        deadline = timeout or float(self.host.settings["ssh"]["command_timeout"]) + 15
+        started = time.monotonic()
+        call, status = self._exchange(request, upload, on_event, answer, deadline,
+                                      cached=self._agent_cached is not False)
+        if status == AGENT_CACHE_MISS and call.result is None and call.error is None:
+            # The host lacks this agent version: send it inline (it caches it for next time).
+            self._agent_cached = not self._agent_cached  # unknown -> retry cache; saved? never
+            call, status = self._exchange(request, upload, on_event, answer, deadline,
+                                          cached=False)
+        call.seconds = time.monotonic() - started
+        if call.result is None and call.error is None:
+            raise RemoteError(self.host.name, self._no_result(status, call.stderr))
+        return call
+
+    def _exchange(self, request: dict[str, Any], upload: Upload | None,
+                  on_event: Callable[[str], None] | None, answer: Answer | None,
+                  deadline: float, cached: bool) -> tuple[AgentCall, int | None]:
         if self._conn is None:
             self.open()
         assert self._conn is not None
         transport = self._conn.client.get_transport()
         if transport is None or not transport.is_active():
             raise UnreachableError(self.host.name, "SSH connection lost")
-        deadline = timeout or float(self.host.settings["ssh"]["command_timeout"]) + 15
-        started = time.monotonic()
         self.commands += 1
-        channel = transport.open_session(timeout=deadline)
         try:
+            channel = transport.open_session(timeout=deadline)
             channel.settimeout(deadline)
-            channel.exec_command(self.agent_command())
-            payload = json.dumps(request).encode()
-            head = agent_bundle() + str(len(payload)).encode() + b"\n" + payload
-            self._send(channel, [head], upload)
-            call = self._read(channel, on_event)
+            channel.exec_command(self.agent_command(cached))
+            head = b"" if cached else agent_bundle()
+            self._send(channel, [head + frame(request)], upload if answer is None else None,
+                       close=answer is None)
+
+            def reply(question: dict[str, Any]) -> None:
+                assert answer is not None
+                response, response_upload = answer(question)
+                self._send(channel, [frame(response)], response_upload, close=True)
+
+            call = self._read(channel, on_event, reply if answer else None)
             channel.status_event.wait(5)
             status = channel.exit_status if channel.exit_status_ready() else None
         except TimeoutError:
@@ -246,31 +325,27 @@ class HostConnection:
                 self.host.name, f"timed out: no answer for {deadline:.0f}s during "
                 f"{request['op']} (host hung or overloaded; its state may be mid-step)") from None
         finally:
-            channel.close()
-        call.seconds = time.monotonic() - started
-        if call.result is None and call.error is None:
-            raise RemoteError(self.host.name, self._no_result(status, call.stderr))
-        return call
+            with contextlib.suppress(Exception):
+                channel.close()
+        return call, status
 
-    def _send(self, channel: paramiko.Channel, head: list[bytes],
-              upload: Iterable[bytes] | BinaryIO | None) -> None:
-        chunks: Iterable[bytes] = head
+    def _send(self, channel: paramiko.Channel, head: list[bytes], upload: Upload | None,
+              close: bool) -> None:
         try:
-            for chunk in chunks:
+            for chunk in head:
                 channel.sendall(chunk)
                 self.bytes_sent += len(chunk)
             if upload is not None:
-                reader = upload.read if hasattr(upload, "read") else None
-                blocks = iter(lambda: reader(CHUNK), b"") if reader else upload
-                for block in blocks:
+                for block in upload():
                     channel.sendall(block)
                     self.bytes_sent += len(block)
-            channel.shutdown_write()
+            if close:
+                channel.shutdown_write()
         except OSError:
             pass  # the agent stopped reading (it failed early): its error says why
 
-    def _read(self, channel: paramiko.Channel,
-              on_event: Callable[[str], None] | None) -> AgentCall:
+    def _read(self, channel: paramiko.Channel, on_event: Callable[[str], None] | None,
+              reply: Callable[[dict[str, Any]], None] | None) -> AgentCall:
         call = AgentCall(result=None, error=None)
         buffer = b""
         while True:
@@ -280,7 +355,9 @@ class HostConnection:
             buffer += data
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
-                self._handle_line(line, call, on_event)
+                question = self._handle_line(line, call, on_event)
+                if question is not None and reply is not None:
+                    reply(question)
         if buffer.strip():
             self._handle_line(buffer, call, on_event)
         stderr = b""
@@ -291,12 +368,12 @@ class HostConnection:
 
     @staticmethod
     def _handle_line(line: bytes, call: AgentCall,
-                     on_event: Callable[[str], None] | None) -> None:
+                     on_event: Callable[[str], None] | None) -> dict[str, Any] | None:
         try:
             message = json.loads(line)
         except ValueError:
             call.stderr += line.decode("utf-8", "replace") + "\n"
-            return
+            return None
         if "event" in message:
             call.events.append(message["event"])
             if on_event:
@@ -305,6 +382,9 @@ class HostConnection:
             call.result = message["result"]
         elif "error" in message:
             call.error = message["error"]
+        elif "ask" in message:
+            return message["ask"]
+        return None
 
     def _no_result(self, status: int | None, stderr: str) -> str:
         python = self.host.settings["python"]

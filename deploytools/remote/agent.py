@@ -12,6 +12,7 @@ progress, then exactly one ``{"result": ...}`` or ``{"error": ..., "kind": ...}`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -21,6 +22,7 @@ import sys
 import tarfile
 import time
 import traceback
+import zlib
 from typing import Any, BinaryIO, Callable, Dict, List, Optional
 
 from deploytools.remote import build, bytecode, health, hooks, verify
@@ -190,10 +192,12 @@ def wait_for_lock(layout: Layout, lock: Dict[str, Any]) -> Optional[Dict[str, An
 
 
 def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
-    """Build releases/<id> from the artifact stream, off to the side, then rename it in.
+    """Build releases/<id> off to the side, then rename it into place.
 
-    Nothing the app serves changes here. Any failure removes the release being built,
-    so a failed or interrupted prepare leaves no release behind.
+    The new release starts from the current one: files that are unchanged and still
+    intact there are hard-linked (with their bytecode), and only the rest crosses the
+    wire. Nothing the app serves changes here. Any failure removes the release being
+    built, so a failed or interrupted prepare leaves no release behind.
     """
     layout = Layout(req["deploy_to"])
     release_id = req["release_id"]
@@ -207,11 +211,28 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     result: Dict[str, Any] = {"release": release_id, "timings": timings}
     try:
         started = time.time()
+        base = choose_base(layout)
+        base_files = intact_files(layout, base) if base else {}
+        timings["base"] = round(time.time() - started, 3)
+        plan = ask({"base": base, "files": base_files}, stream)
+        started = time.time()
+        files = {p: d for p, d in base_files.items()
+                 if p not in plan["changed"] and p not in set(plan["removed"])}
+        files.update(plan["changed"])
+        if files_digest(files) != plan["digest"]:
+            raise AgentError("assembled manifest does not match the artifact (internal error)")
         os.makedirs(partial)
-        result["files"], result["bytes"] = extract(stream, int(req["artifact_size"]), partial)
-        timings["extract"] = round(time.time() - started, 3)
-        event("unpacked %d files (%d bytes)" % (result["files"], result["bytes"]))
-        manifest = dict(req["manifest"])
+        linked = link_unchanged(layout.release(base), partial, files, plan["changed"]) \
+            if base else 0
+        count, size = extract(stream, int(plan["archive_size"]), partial)
+        shipped_pycs = extract(stream, int(plan.get("pyc_archive_size") or 0), partial)[0] \
+            if plan.get("pyc_archive_size") else 0
+        timings["transfer"] = round(time.time() - started, 3)
+        result.update(files=len(files), linked=linked, received=count, bytes=size,
+                      base=base, shipped_pycs=shipped_pycs)
+        event("%d files: %d received (%d bytes), %d linked from %s" % (
+            len(files), count, size, linked, base or "no previous release"))
+        manifest = dict(req["manifest"], files=files)
         with open(os.path.join(partial, "REVISION"), "w") as fh:
             fh.write(str(manifest.get("revision") or "") + "\n")
         manifest["shared_paths"] = build.link_shared(partial, layout.shared,
@@ -222,7 +243,9 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
             manifest["venv"] = result["venv"]["key"]
             timings["venv"] = round(time.time() - started, 3)
         started = time.time()
-        compiled = apply_bytecode(partial, req)
+        compiled = apply_bytecode(partial, req, files, reuse_from=layout.release(base)
+                                  if base else None)
+        compiled["shipped"] = shipped_pycs
         timings["bytecode"] = round(time.time() - started, 3)
         manifest["python"] = python_facts()
         manifest["bytecode"] = dict(compiled, mode=req["bytecode"],
@@ -242,6 +265,59 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
             raise AgentError(str(exc)) from None
         raise
     return result
+
+
+def files_digest(files: Dict[str, str]) -> str:
+    """Same as artifact.files_digest on the controller."""
+    text = "\n".join("%s %s" % (k, v) for k, v in sorted(files.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def choose_base(layout: Layout) -> Optional[str]:
+    """The release to start from: current if it is good, else the newest good one."""
+    current = layout.current_id()
+    if current and not layout.failure(current) and layout.manifest(current):
+        return current
+    good = [r for r in layout.good_ids() if layout.manifest(r)]
+    return good[-1] if good else None
+
+
+def intact_files(layout: Layout, release_id: str) -> Dict[str, str]:
+    """Files of a release whose content still matches its manifest (edited ones are not
+    reused: a hotfix made in place must not leak into the next release)."""
+    manifest = layout.manifest(release_id) or {}
+    root = layout.release(release_id)
+    shared = manifest.get("shared_paths") or []
+    intact = {}
+    for rel, digest in (manifest.get("files") or {}).items():
+        if digest.startswith("symlink:") or any(rel == p or rel.startswith(p + "/")
+                                                 for p in shared):
+            continue
+        path = os.path.join(root, rel)
+        try:
+            if not os.path.islink(path) and verify.sha256(path) == digest:
+                intact[rel] = digest
+        except OSError:
+            continue
+    return intact
+
+
+def link_unchanged(base_dir: str, dest: str, files: Dict[str, str],
+                   changed: Dict[str, str]) -> int:
+    """Hard-link every unchanged file from the base release into the new one."""
+    count = 0
+    made = set()
+    for rel in files:
+        if rel in changed:
+            continue
+        target = os.path.join(dest, rel)
+        folder = os.path.dirname(target)
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        os.link(os.path.join(base_dir, rel), target)
+        count += 1
+    return count
 
 
 def run_hooks_or_fail(layout: Layout, point: str, release_id: str,
@@ -309,20 +385,57 @@ class _Limited:
             pass
 
 
-def apply_bytecode(root: str, req: Dict[str, Any]) -> Dict[str, Any]:
+def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str],
+                   reuse_from: Optional[str]) -> Dict[str, Any]:
+    """Precompile (reusing the base release's pycs of unchanged modules, and keeping
+    pycs the controller shipped), clear, or leave bytecode alone."""
     mode = req["bytecode"]
-    if mode == "precompile":
-        result = bytecode.compile_tree(root, invalidation_mode=req["pyc_invalidation"])
-        if result["errors"]:
-            first = result["errors"][0]
-            raise AgentError("cannot compile %s line %s: %s" % (
-                first["file"], first.get("line"), first["message"]), "syntax_error")
-        event("compiled %d modules (%s)" % (result["compiled"], req["pyc_invalidation"]))
-        return {"compiled": result["compiled"]}
     if mode == "clear":
-        cleared = bytecode.clear_tree(root)
-        return {"cleared_files": cleared["files"]}
-    return {}
+        return {"cleared_files": bytecode.clear_tree(root)["files"]}
+    if mode != "precompile":
+        return {}
+    tag = sys.implementation.cache_tag
+    reused = 0
+    todo = []
+    for rel in files:
+        if not rel.endswith(".py"):
+            continue
+        pyc = pyc_path(rel, tag)
+        target = os.path.join(root, pyc)
+        if os.path.exists(target):
+            continue  # shipped by the controller
+        source = os.path.join(reuse_from, pyc) if reuse_from else None
+        if source and os.path.samefile(os.path.join(root, rel), os.path.join(reuse_from, rel)) \
+                and reusable_pyc(source, req["pyc_invalidation"]):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.link(source, target)
+            reused += 1
+        else:
+            todo.append(rel)
+    result = bytecode.compile_tree(root, invalidation_mode=req["pyc_invalidation"], files=todo)
+    if result["errors"]:
+        first = result["errors"][0]
+        raise AgentError("cannot compile %s line %s: %s" % (
+            first["file"], first.get("line"), first["message"]), "syntax_error")
+    event("bytecode: %d compiled here, %d reused (%s)" % (
+        result["compiled"], reused, req["pyc_invalidation"]))
+    return {"compiled": result["compiled"], "reused": reused}
+
+
+def pyc_path(source: str, cache_tag: str) -> str:
+    folder, _, name = source.rpartition("/")
+    cached = "__pycache__/%s.%s.pyc" % (name[:-3], cache_tag)
+    return folder + "/" + cached if folder else cached
+
+
+def reusable_pyc(path: str, invalidation: str) -> bool:
+    """A base pyc can serve the same (hard-linked) source if it is ours and of this mode."""
+    try:
+        with open(path, "rb") as fh:
+            header = bytecode.parse_pyc_header(fh.read(16))
+    except (OSError, ValueError):
+        return False
+    return header.magic == importlib.util.MAGIC_NUMBER and header.mode == invalidation
 
 
 def op_activate(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
@@ -537,11 +650,22 @@ OPS: Dict[str, Callable[[Dict[str, Any], BinaryIO], Dict[str, Any]]] = {
 }
 
 
+def read_frame(stream: BinaryIO) -> Dict[str, Any]:
+    """One compressed JSON frame from the controller (see transport.frame)."""
+    length = int(stream.readline())
+    return json.loads(zlib.decompress(stream.read(length)).decode())
+
+
+def ask(question: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+    """Ask the controller mid-call (it answers on stdin, the upload following)."""
+    emit("ask", question)
+    return read_frame(stream)
+
+
 def main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the SSH session may end before we do
     stream = sys.stdin.buffer
-    length = int(stream.readline())
-    req = json.loads(stream.read(length).decode())
+    req = read_frame(stream)
     try:
         op = OPS[req["op"]]
         emit("result", op(req, stream))

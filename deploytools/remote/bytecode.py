@@ -551,8 +551,10 @@ def compile_tree(
     invalidation_mode: str = "checked-hash",
     workers: int = 0,
     skip_dirs: Iterable[str] = DEFAULT_SKIP_DIRS,
+    files: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Compile every ``.py`` under ``root`` into ``__pycache__`` with ``invalidation_mode``.
+    """Compile every ``.py`` under ``root`` (or just ``files``, "/"-relative) into
+    ``__pycache__`` with ``invalidation_mode``.
 
     The default is checked-hash because it ties each pyc to the source *content*: mtimes do
     not survive every transfer method, and unchecked-hash pycs would hide later edits.
@@ -564,7 +566,7 @@ def compile_tree(
     serially.  Returns ``{"compiled": n, "errors": [{"file", "line", "message"}]}``.
     """
     mode_name = _invalidation_mode(invalidation_mode).name
-    rels = sorted(_iter_sources(root, frozenset(skip_dirs)))
+    rels = sorted(files) if files is not None else sorted(_iter_sources(root, frozenset(skip_dirs)))
     if workers <= 0:
         workers = os.cpu_count() or 1
     chunks: list[list[str]] = [rels]
