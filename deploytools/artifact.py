@@ -84,7 +84,9 @@ class Artifact:
                 info = tarfile.TarInfo(path)
                 info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
                 archive.addfile(info, io.BytesIO(data))
-        data = buffer.getvalue()
+            end = archive.offset
+        # Keep the end-of-archive marker, drop tarfile's padding to a 10 KiB record.
+        data = buffer.getvalue()[:end + 2 * tarfile.BLOCKSIZE]
         return len(data), lambda: iter([data])
 
     def pycs(self, sources: list[str], invalidation_mode: str) -> dict[str, bytes]:

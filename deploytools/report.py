@@ -78,8 +78,8 @@ class HostRun:
                                   SKIPPED, UNCHANGED)
 
 
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|key|secret|password|passwd|auth|signature)"
-                           r"[^=&]*=)[^&#]*")
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#\s]*(?:token|key|secret|password|passwd|auth|"
+                           r"signature)[^=&#\s]*=)[^&#\s]*")
 _URL_USERINFO = re.compile(r"(?i)(\w+://[^/:@\s]+:)[^@/\s]+@")
 
 

@@ -54,7 +54,7 @@ def parse_count(value: str | int | None, total: int, flag: str, minimum: int = 0
     try:
         if text.endswith("%"):
             percent = float(text[:-1])
-            if not 0 <= percent <= 100:
+            if not 0 <= percent <= 100 or (minimum > 0 and percent == 0):
                 raise ValueError
             return max(minimum, math.floor(total * percent / 100))
         count = int(text)
