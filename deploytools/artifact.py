@@ -8,7 +8,6 @@ the sha256 of every file, so `verify` can prove later that a release is intact.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import getpass
 import hashlib
@@ -57,6 +56,8 @@ class Artifact:
     _pyc_cache: dict[str, bytes] = field(default_factory=dict, repr=False)
     _compile_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _source_tree: str | None = field(default=None, repr=False)
+    _archives: dict[tuple, tuple[int, IO[bytes]]] = field(default_factory=dict, repr=False)
+    _archive_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def files(self) -> dict[str, str]:
@@ -70,24 +71,26 @@ class Artifact:
         removed = sorted(path for path in base if path not in self.files)
         return changed, removed
 
-    def archive(self, paths: list[str] | None = None,
-                extra: dict[str, bytes] | None = None) -> tuple[int, Callable[[], Iterator[bytes]]]:
-        """A tar of `paths` (all when None) plus `extra` files, as (size, stream factory)."""
+    def archive(self, paths: list[str] | None = None, extra: dict[str, bytes] | None = None
+                ) -> tuple[int, Callable[[], Iterator[bytes]]]:
+        """A compressed tar of `paths` (all when None) plus `extra` files, as (size, stream
+        factory). Built once per run and shared by every host that needs the same one."""
         if paths is None and not extra:
             return self.size, self.stream
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-            for path in (sorted(self.members) if paths is None else sorted(paths)):
-                info, body = self.members[path]
-                archive.addfile(copy.copy(info), io.BytesIO(body) if body is not None else None)
-            for path, data in sorted((extra or {}).items()):
-                info = tarfile.TarInfo(path)
-                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-                archive.addfile(info, io.BytesIO(data))
-            end = archive.offset
-        # Keep the end-of-archive marker, drop tarfile's padding to a 10 KiB record.
-        data = buffer.getvalue()[:end + 2 * tarfile.BLOCKSIZE]
-        return len(data), lambda: iter([data])
+        key = (None if paths is None else tuple(sorted(paths)), tuple(sorted(extra or {})))
+        with self._archive_lock:
+            if key not in self._archives:
+                out = tempfile.TemporaryFile(prefix="deploytools-delta-")  # noqa: SIM115
+                members = [self.members[p] for p in (sorted(self.members) if paths is None
+                                                     else sorted(paths))]
+                for path, data in sorted((extra or {}).items()):
+                    info = tarfile.TarInfo(path)
+                    info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+                    members.append((info, data))
+                _write_members(out, members)
+                self._archives[key] = (out.tell(), out)
+            size, handle = self._archives[key]
+        return size, lambda: _read_file(handle, size)
 
     def pycs(self, sources: list[str], invalidation_mode: str) -> dict[str, bytes]:
         """Bytecode for these sources, compiled once per run by this interpreter (hash-based
@@ -121,14 +124,8 @@ class Artifact:
         return self._source_tree
 
     def stream(self) -> Iterator[bytes]:
-        """The tar bytes, from the start (each host gets its own pass over the file)."""
-        offset = 0
-        while offset < self.size:
-            block = os.pread(self.tar.fileno(), 1 << 20, offset)
-            if not block:
-                break
-            offset += len(block)
-            yield block
+        """The whole artifact, from the start (each host gets its own pass over the file)."""
+        return _read_file(self.tar, self.size)
 
     def avoid_ids(self, taken: set[str]) -> None:
         """Give the release a fresh id if a host already has one by this name (the same
@@ -141,6 +138,8 @@ class Artifact:
 
     def close(self) -> None:
         self.tar.close()
+        for _, handle in self._archives.values():
+            handle.close()
         if self._source_tree:
             shutil.rmtree(self._source_tree, ignore_errors=True)
 
@@ -294,21 +293,40 @@ def _from_directory(root: Path, patterns: tuple[str, ...]) -> list[_Member]:
 
 
 def _write_tar(members: list[_Member]) -> tuple[IO[bytes], int, dict[str, str]]:
-    """Write a plain tar (uid/gid root, names sorted) and hash every file."""
+    """Write the artifact (names sorted, owner root) and hash every file."""
     files: dict[str, str] = {}
+    for info, body in members:
+        if info.isfile() and body is not None:
+            files[info.name] = hashlib.sha256(body).hexdigest()
+        elif info.issym():
+            files[info.name] = "symlink:" + info.linkname
     out = tempfile.TemporaryFile(prefix="deploytools-artifact-")  # noqa: SIM115 (returned)
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for info, body in sorted(members, key=lambda m: m[0].name):
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if info.isfile() and body is not None:
-                files[info.name] = hashlib.sha256(body).hexdigest()
-                archive.addfile(info, io.BytesIO(body))
-            elif info.issym():
-                files[info.name] = "symlink:" + info.linkname
-                archive.addfile(info)
-            elif info.isdir():
-                archive.addfile(info)
+    _write_members(out, sorted(members, key=lambda m: m[0].name))
     size = out.tell()
     out.seek(0)
     return out, size, files
+
+
+def _write_members(out: IO[bytes], members: list[_Member]) -> None:
+    """A gzip-compressed tar (level 1: cheap to make, several times smaller to send)."""
+    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=1,
+                      format=tarfile.PAX_FORMAT) as archive:
+        for info, body in members:
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.pax_headers = {}  # git's per-file headers would cost ~1 KB a file
+            if info.isfile() and body is not None:
+                archive.addfile(info, io.BytesIO(body))
+            elif info.issym() or info.isdir():
+                archive.addfile(info)
+    out.flush()  # the file is read back with os.pread, below Python's buffer
+
+
+def _read_file(handle: IO[bytes], size: int) -> Iterator[bytes]:
+    offset = 0
+    while offset < size:
+        block = os.pread(handle.fileno(), 1 << 20, offset)
+        if not block:
+            break
+        offset += len(block)
+        yield block

@@ -18,9 +18,9 @@ def describe(request: dict[str, Any]) -> list[str]:
     op = request["op"]
     deploy_to = request.get("deploy_to", "")
     if op == "prepare":
-        files = len(request["manifest"].get("files", {}))
+        files = request["file_count"]
         lines = [f"create {deploy_to}/releases/{request['release_id']} from the artifact "
-                 f"({files} files, {request['artifact_size']} bytes)"]
+                 f"({files} files, {request['artifact_size']} bytes; only changed files are sent)"]
         shared = request.get("shared") or {}
         for rel in [*shared.get("dirs", ()), *shared.get("files", ())]:
             lines.append(f"link {rel} -> {deploy_to}/shared/{rel}")
@@ -80,7 +80,7 @@ def pretend(request: dict[str, Any]) -> dict[str, Any]:
     """The result a mutating operation would return had everything gone well."""
     op = request["op"]
     if op == "prepare":
-        return {"release": request["release_id"], "files": len(request["manifest"]["files"]),
+        return {"release": request["release_id"], "files": request["file_count"],
                 "bytes": request["artifact_size"], "timings": {}, "bytecode": {}}
     if op == "activate":
         return {"outcome": "healthy", "release": request["target"], "target": request["target"],

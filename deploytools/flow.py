@@ -315,6 +315,8 @@ def prepare(run: HostRun, console: Console, artifact: Artifact, run_once_here: b
         "deploy_to": run.host.deploy_to,
         "release_id": artifact.release_id,
         "manifest": {k: v for k, v in artifact.manifest.items() if k != "files"},
+        "file_count": len(artifact.files),
+        "artifact_size": artifact.size,
         "bytecode": settings["bytecode"],
         "pyc_invalidation": settings["pyc_invalidation"],
         "shared": settings["shared"],

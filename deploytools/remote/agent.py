@@ -245,7 +245,6 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
         started = time.time()
         compiled = apply_bytecode(partial, req, files, reuse_from=layout.release(base)
                                   if base else None)
-        compiled["shipped"] = shipped_pycs
         timings["bytecode"] = round(time.time() - started, 3)
         manifest["python"] = python_facts()
         manifest["bytecode"] = dict(compiled, mode=req["bytecode"],
@@ -341,7 +340,7 @@ def extract(stream: BinaryIO, size: int, dest: str) -> "tuple[int, int]":
     reader = _Limited(stream, size)
     count = total = 0
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as archive:
+        with tarfile.open(fileobj=reader, mode="r|*") as archive:
             for member in archive:
                 if member.name.startswith("/") or ".." in member.name.split("/"):
                     raise AgentError("unsafe path in artifact: %r" % member.name)
@@ -395,7 +394,7 @@ def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str],
     if mode != "precompile":
         return {}
     tag = sys.implementation.cache_tag
-    reused = 0
+    reused = shipped = 0
     todo = []
     for rel in files:
         if not rel.endswith(".py"):
@@ -403,7 +402,8 @@ def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str],
         pyc = pyc_path(rel, tag)
         target = os.path.join(root, pyc)
         if os.path.exists(target):
-            continue  # shipped by the controller
+            shipped += 1  # compiled once on the controller
+            continue
         source = os.path.join(reuse_from, pyc) if reuse_from else None
         if source and os.path.samefile(os.path.join(root, rel), os.path.join(reuse_from, rel)) \
                 and reusable_pyc(source, req["pyc_invalidation"]):
@@ -417,9 +417,9 @@ def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str],
         first = result["errors"][0]
         raise AgentError("cannot compile %s line %s: %s" % (
             first["file"], first.get("line"), first["message"]), "syntax_error")
-    event("bytecode: %d compiled here, %d reused (%s)" % (
-        result["compiled"], reused, req["pyc_invalidation"]))
-    return {"compiled": result["compiled"], "reused": reused}
+    event("bytecode (%s): %d from the controller, %d reused, %d compiled here" % (
+        req["pyc_invalidation"], shipped, reused, result["compiled"]))
+    return {"compiled": result["compiled"], "reused": reused, "shipped": shipped}
 
 
 def pyc_path(source: str, cache_tag: str) -> str:
