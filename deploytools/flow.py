@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from deploytools import local_hooks
 from deploytools.artifact import Artifact, build_artifact, files_digest, resolve_revision
 from deploytools.errors import ConfigError, ExitCode, LockHeldError, RemoteError
 from deploytools.inventory import Host
@@ -112,7 +113,8 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
                         console)
             if stop.halted(runs, "prepare"):
                 return finish(runs, console, "deploy", run_id, artifact, started, interrupts)
-            if any(r.host.get("hooks.before_switch") for r in runs):
+            if any(r.host.get("hooks.before_switch") for r in runs) or \
+                    local_hooks.registered("before_switch"):
                 in_parallel(active(runs), lambda r: run_hook_point(
                     r, console, "before_switch", artifact.release_id, r is once), console)
                 if stop.halted(runs, "before_switch"):
@@ -340,6 +342,7 @@ def prepare(run: HostRun, console: Console, artifact: Artifact, run_once_here: b
 
     result = call(run, request, console, answer=send_difference)
     run.facts["prepare"] = result
+    fire_local("after_prepare", run, artifact.release_id, console)
     run.state = PREPARED
     run.timings["prepare"] = time.monotonic() - step_started
 
@@ -364,6 +367,8 @@ def activate(run: HostRun, console: Console, release_id: str, *, fallback: str |
     result = call(run, request, console)
     record_activation(run, result)
     run.timings["activate"] = time.monotonic() - step_started
+    fire_local("after_restart" if run.state == HEALTHY else "after_failure", run,
+               run.release, console)
 
 
 def activation_request(run: HostRun, target: str, fallback: str | None,
@@ -398,9 +403,24 @@ def host_values(run: HostRun) -> dict[str, str]:
 
 def run_hook_point(run: HostRun, console: Console, point: str, release_id: str,
                    run_once_here: bool) -> None:
-    request = {"op": "hooks", "deploy_to": run.host.deploy_to, "point": point,
-               "release_id": release_id, **hook_context(run, run_once_here)}
-    run.facts.setdefault("hooks", []).extend(call(run, request, console)["hooks"])
+    """A fleet-wide hook phase: the host's shell hooks, then the controller's Python ones."""
+    if run.host.get(f"hooks.{point}"):
+        request = {"op": "hooks", "deploy_to": run.host.deploy_to, "point": point,
+                   "release_id": release_id, **hook_context(run, run_once_here)}
+        run.facts.setdefault("hooks", []).extend(call(run, request, console)["hooks"])
+    fire_local(point, run, release_id, console)
+
+
+def fire_local(point: str, run: HostRun, release: str | None, console: Console) -> None:
+    """Call the controller-side Python hooks registered for this point (local_hooks)."""
+    if not local_hooks.registered(point):
+        return
+    context = local_hooks.HookContext(
+        point=point, name=run.name, address=run.host.address, deploy_to=run.host.deploy_to,
+        release=release, previous=run.previous, settings=run.host.settings,
+        connection=None if run.dry_run or run.conn is None else run.conn.fabric)
+    for problem in local_hooks.fire(point, context):
+        console.host(run.name, problem)
 
 
 def record_activation(run: HostRun, result: dict[str, Any]) -> None:
@@ -525,15 +545,24 @@ def call(run: HostRun, request: dict[str, Any], console: Console,
 def rollback(hosts: list[Host], console: Console, *, to: str | None = None,
              lock_wait: float = 0, dry_run: bool = False) -> RunResult:
     """Return every host to its previous good release (or `to`), restart and check."""
+    return locked_run(hosts, console, "rollback", to, lambda r: roll_back_host(r, console, to),
+                      lock_wait=lock_wait, dry_run=dry_run)
+
+
+def locked_run(hosts: list[Host], console: Console, action: str, release: str | None,
+               step: Callable[[HostRun], None], *, lock_wait: float = 0,
+               dry_run: bool = False) -> RunResult:
+    """The shape of every task that changes hosts without a new release: connect,
+    preflight and lock, one step per host in parallel, then history and unlock."""
     started = time.time()
     run_id = new_run_id()
     runs = [HostRun(host, dry_run=dry_run) for host in hosts]
     try:
-        owner = lock_owner(run_id, "rollback", to)
+        owner = lock_owner(run_id, action, release)
         lock_fleet(runs, console, lambda r: check_and_lock(r, console, owner, lock_wait))
         if not StopRule(RolloutPolicy(), len(runs), console).halted(runs, "preflight"):
-            in_parallel(runs, lambda r: roll_back_host(r, console, to), console)
-        return finish(runs, console, "rollback", run_id, None, started)
+            in_parallel(runs, step, console)
+        return finish(runs, console, action, run_id, None, started)
     finally:
         close_all(runs)
 
@@ -593,18 +622,9 @@ def clear_cache(hosts: list[Host], console: Console, *, path: str | None = None,
         if path and not (path.rstrip("/") + "/").startswith(host.deploy_to + "/"):
             raise ConfigError(f"--path {path} is not under deploy_to {host.deploy_to} "
                               f"of {host.name}")
-    started = time.time()
-    run_id = new_run_id()
-    runs = [HostRun(host, dry_run=dry_run) for host in hosts]
-    try:
-        owner = lock_owner(run_id, "clear-cache", None)
-        lock_fleet(runs, console, lambda r: check_and_lock(r, console, owner, lock_wait))
-        if not StopRule(RolloutPolicy(), len(runs), console).halted(runs, "preflight"):
-            in_parallel(runs, lambda r: clear_host(r, console, path, restart, include_venv),
-                        console)
-        return finish(runs, console, "clear-cache", run_id, None, started)
-    finally:
-        close_all(runs)
+    return locked_run(hosts, console, "clear-cache", None,
+                      lambda r: clear_host(r, console, path, restart, include_venv),
+                      lock_wait=lock_wait, dry_run=dry_run)
 
 
 def clear_host(run: HostRun, console: Console, path: str | None, restart: bool,

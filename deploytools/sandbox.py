@@ -47,6 +47,8 @@ from typing import Any
 
 import yaml
 
+from deploytools.remote.supervisor import UnixTransport
+
 __all__ = [
     "SAMPLE_APP_PORT",
     "Fleet",
@@ -172,43 +174,11 @@ def _check_path(path: Path, what: str) -> None:
         )
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket: how supervisord's XML-RPC is reached without a TCP port."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class _UnixTransport(xmlrpc.client.Transport):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__()
-        self._unix_path = path
-        self._timeout = timeout
-
-    def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        if self._connection and host == self._connection[0]:
-            return self._connection[1]
-        conn = _UnixHTTPConnection(self._unix_path, self._timeout)
-        self._connection = host, conn
-        return conn
-
-
 def supervisor_proxy(socket_path: Path | str, timeout: float = 5.0) -> xmlrpc.client.ServerProxy:
     """An XML-RPC proxy to a supervisord unix socket (stdlib only; answers in ~1 ms,
     where one ``supervisorctl`` call costs ~100 ms of interpreter start-up)."""
     return xmlrpc.client.ServerProxy(
-        "http://localhost/RPC2", transport=_UnixTransport(str(socket_path), timeout)
+        "http://localhost/RPC2", transport=UnixTransport(str(socket_path), timeout)
     )
 
 

@@ -237,6 +237,11 @@ class HostConnection:
         error.retryable = retryable  # type: ignore[attr-defined]
         return error
 
+    @property
+    def fabric(self) -> Connection | None:
+        """The open Fabric connection (host key verified), for local Python hooks."""
+        return self._conn
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

@@ -197,12 +197,20 @@ def test_a_project_reusing_the_collection(cli: Cli, fleet3: Fleet, app_repo: App
                                           tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
+    hook_log = tmp_path / "local-hooks.log"
     (project / "tasks.py").write_text(
         "from invoke import Collection, task\n"
-        "import deploytools.tasks\n\n"
+        "import deploytools.tasks\n"
+        "from deploytools import local_hooks\n\n"
         "@task\n"
         "def hello(c):\n"
         "    print('hello')\n\n"
+        "@local_hooks.on('before_switch')\n"
+        "@local_hooks.on('after_restart')\n"
+        "def record(ctx):\n"
+        "    where = ctx.connection.run('echo $HOME', hide=True).stdout.strip()\n"
+        f"    with open({str(hook_log)!r}, 'a') as fh:\n"
+        "        fh.write(f'{ctx.point} {ctx.name} {ctx.release} {bool(where)}\\n')\n\n"
         "ns = Collection(hello)\n"
         "ns.add_collection(deploytools.tasks.collection, 'dt')\n")
     (project / "invoke.yaml").write_text(yaml.safe_dump(
@@ -216,8 +224,12 @@ def test_a_project_reusing_the_collection(cli: Cli, fleet3: Fleet, app_repo: App
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     sha = app_repo.git("rev-parse", "HEAD")
+    release = current_release(fleet3.hosts[0].deploy_to)
     for host in fleet3.hosts:
         assert host.health()["revision"] == sha
+    calls = sorted(hook_log.read_text().splitlines())
+    assert calls == sorted(f"{point} {h.name} {release} True" for h in fleet3.hosts
+                           for point in ("before_switch", "after_restart"))
     helptext = subprocess.run([sys.executable, "-m", "invoke", "--help", "dt.deploy"],
                               cwd=project, capture_output=True, text=True, env=env)
     for flag in ("--serial", "--canary", "--dry-run", "--skip-unchanged", "--json"):

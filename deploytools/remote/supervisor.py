@@ -31,7 +31,7 @@ class SupervisorError(Exception):
     """supervisord could not be reached, or a program did not reach the wanted state."""
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self.unix_path = path
@@ -43,14 +43,16 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class _UnixTransport(xmlrpc.client.Transport):
+class UnixTransport(xmlrpc.client.Transport):
+    """XML-RPC over a unix socket: how supervisord is reached without a TCP port."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__()
         self.unix_path = path
         self.timeout = timeout
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        return _UnixHTTPConnection(self.unix_path, self.timeout)
+        return UnixHTTPConnection(self.unix_path, self.timeout)
 
 
 def resolve_server(settings: Dict[str, Any]) -> Tuple[str, Optional[str], Optional[str]]:
@@ -105,7 +107,7 @@ class Supervisor:
         url, user, password = resolve_server(settings)
         self.url = url
         if url.startswith("unix://"):
-            transport: xmlrpc.client.Transport = _UnixTransport(url[len("unix://"):], timeout)
+            transport: xmlrpc.client.Transport = UnixTransport(url[len("unix://"):], timeout)
             endpoint = "http://localhost/RPC2"
         else:
             transport = xmlrpc.client.Transport()
