@@ -56,6 +56,7 @@ class Artifact:
     _pyc_cache: dict[str, bytes] = field(default_factory=dict, repr=False)
     _compile_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _source_tree: str | None = field(default=None, repr=False)
+    _compile_error: str | None = field(default=None, repr=False)
     _archives: dict[tuple, tuple[int, IO[bytes]]] = field(default_factory=dict, repr=False)
     _archive_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -98,19 +99,42 @@ class Artifact:
         tag = sys.implementation.cache_tag
         wanted = {src: pyc_path(src, tag) for src in sources if src.endswith(".py")}
         with self._compile_lock:
+            self._compile(list(wanted), invalidation_mode)
             missing = [src for src, pyc in wanted.items() if pyc not in self._pyc_cache]
             if missing:
-                root = self._extracted()
-                result = bytecode.compile_tree(root, invalidation_mode=invalidation_mode,
-                                               files=missing)
-                if result["errors"]:
-                    first = result["errors"][0]
-                    raise ConfigError(f"cannot compile {first['file']} line {first.get('line')}: "
-                                      f"{first['message']}")
-                for src in missing:
-                    pyc = wanted[src]
-                    self._pyc_cache[pyc] = Path(root, pyc).read_bytes()
+                raise ConfigError(self._compile_error or f"could not compile {missing[0]}")
             return {pyc: self._pyc_cache[pyc] for pyc in wanted.values()}
+
+    def _compile(self, sources: list[str], invalidation_mode: str) -> None:
+        """Compile what is not cached yet (caller holds the lock); errors are kept."""
+        tag = sys.implementation.cache_tag
+        missing = [src for src in sources if pyc_path(src, tag) not in self._pyc_cache]
+        if not missing:
+            return
+        root = self._extracted()
+        result = bytecode.compile_tree(root, invalidation_mode=invalidation_mode, files=missing)
+        if result["errors"]:
+            first = result["errors"][0]
+            self._compile_error = (f"cannot compile {first['file']} line {first.get('line')}: "
+                                   f"{first['message']}")
+        for src in missing:
+            pyc = Path(root, pyc_path(src, tag))
+            if pyc.exists():
+                self._pyc_cache[pyc_path(src, tag)] = pyc.read_bytes()
+
+    def start_precompile(self, invalidation_mode: str) -> None:
+        """Compile every module in the background, so that fresh hosts receive the sources
+        while their bytecode is being made (pycs() waits for it)."""
+        sources = [path for path in self.files if path.endswith(".py")]
+        started = threading.Event()
+
+        def work() -> None:
+            with self._compile_lock:
+                started.set()
+                self._compile(sources, invalidation_mode)
+
+        threading.Thread(target=work, name="precompile", daemon=True).start()
+        started.wait()
 
     def _extracted(self) -> str:
         """The artifact's sources unpacked once in a private temporary directory."""

@@ -24,7 +24,7 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,10 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
             if artifact is None:
                 artifact = plan(source, console, ref)
             artifact.avoid_ids({row["id"] for r in runs for row in r.facts.get("releases", [])})
+
+            fresh = [r for r in active(runs) if compiles_here(r) and not r.previous]
+            if fresh:  # compile while the sources travel; redeploys compile only changes
+                artifact.start_precompile(fresh[0].host.settings["pyc_invalidation"])
 
             once = active(runs)[0]  # run_once hooks (migrations): one host only
             in_parallel(active(runs), lambda r: prepare(r, console, artifact, r is once),
@@ -330,15 +334,20 @@ def prepare(run: HostRun, console: Console, artifact: Artifact, run_once_here: b
         changed, removed = artifact.delta(question["files"])
         fresh = not question["base"]
         size, stream = artifact.archive(None if fresh else list(changed))
+        ship_pycs = compiles_here(run)
         answer: dict[str, Any] = {"changed": changed, "removed": removed,
-                                  "digest": files_digest(artifact.files), "archive_size": size}
-        streams = [stream]
-        if compiles_here(run):
-            pyc_size, pyc_stream = artifact.archive(
-                [], artifact.pycs(list(changed), settings["pyc_invalidation"]))
-            answer["pyc_archive_size"] = pyc_size
-            streams.append(pyc_stream)
-        return answer, lambda: (block for s in streams for block in s())
+                                  "digest": files_digest(artifact.files), "archive_size": size,
+                                  "pycs_follow": ship_pycs}
+
+        def upload() -> Iterator[bytes]:
+            yield from stream()
+            if ship_pycs:  # compiled meanwhile (or now): sent right after the sources
+                pycs = artifact.pycs(list(changed), settings["pyc_invalidation"])
+                pyc_size, pyc_stream = artifact.archive([], pycs)
+                yield f"{pyc_size}\n".encode()
+                yield from pyc_stream()
+
+        return answer, upload
 
     result = call(run, request, console, answer=send_difference)
     run.facts["prepare"] = result

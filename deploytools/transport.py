@@ -42,48 +42,53 @@ REMOTE_MODULES = (
 CHUNK = 256 * 1024
 
 AGENT_CACHE_MISS = 75  # the bootstrap's exit status when the host lacks this agent
-# Loads the agent's modules from the host's cache (checked against their digest) or,
-# when told "inline", from stdin, caching them for the next call. Then runs it.
+# Runs the agent. "cached": load its compiled modules from the host's cache (per agent
+# digest and interpreter); "inline": read the compressed sources from stdin, check their
+# digest, compile them and cache the code objects for the next call. The cache lives in
+# a 0700 directory of the SSH user, who could change the agent anyway.
 BOOTSTRAP = """\
-import sys, os, json, zlib, types, hashlib
+import sys, os, json, zlib, types, hashlib, marshal
 digest, mode = sys.argv[1], sys.argv[2]
 dirs = [os.path.expanduser("~/.cache/deploytools"), "/tmp/deploytools-%d" % os.getuid()]
-data = None
+name = "agent-%s.%s" % (digest, sys.implementation.cache_tag)
+codes = None
 if mode == "cached":
     for d in dirs:
         try:
-            with open(os.path.join(d, "agent-" + digest), "rb") as f:
-                blob = f.read()
-        except OSError:
-            continue
-        if hashlib.sha256(blob).hexdigest()[:32] == digest:
-            data = blob
+            with open(os.path.join(d, name), "rb") as f:
+                codes = marshal.load(f)
             break
-    if data is None:
+        except (OSError, EOFError, ValueError, TypeError):
+            continue
+    if codes is None:
         sys.exit(75)
 else:
     r = sys.stdin.buffer
     data = r.read(int(r.readline()))
+    if hashlib.sha256(data).hexdigest()[:32] != digest:
+        sys.exit("deploytools agent: digest mismatch")
+    codes = [(n, None if s is None else compile(s, "<deploytools " + n + ">", "exec"))
+             for n, s in json.loads(zlib.decompress(data))]
     for d in dirs:
         try:
             os.makedirs(d, mode=0o700, exist_ok=True)
-            tmp = os.path.join(d, "agent-%s.%d" % (digest, os.getpid()))
+            tmp = os.path.join(d, "%s.%d" % (name, os.getpid()))
             with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, os.path.join(d, "agent-" + digest))
+                marshal.dump(codes, f)
+            os.replace(tmp, os.path.join(d, name))
             break
         except OSError:
             continue
-for name, src in json.loads(zlib.decompress(data)):
-    m = types.ModuleType(name)
-    sys.modules[name] = m
-    parent, _, child = name.rpartition(".")
+for mod_name, code in codes:
+    m = types.ModuleType(mod_name)
+    sys.modules[mod_name] = m
+    parent, _, child = mod_name.rpartition(".")
     if parent:
         setattr(sys.modules[parent], child, m)
-    if src is None:
+    if code is None:
         m.__path__ = []
     else:
-        exec(compile(src, "<deploytools " + name + ">", "exec"), m.__dict__)
+        exec(code, m.__dict__)
 sys.modules["deploytools.remote.agent"].main()
 """
 Upload = Callable[[], Iterable[bytes]]  # called once per attempt: a fresh stream each time

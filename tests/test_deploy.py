@@ -93,6 +93,22 @@ def test_crash_at_import_reports_supervisor_reason(cli: Cli, fleet3: Fleet,
     assert health_releases(fleet3) == {h.name: good for h in fleet3.hosts}
 
 
+def test_syntax_error_fails_before_any_switch(cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
+    good = only(release_ids(fleet3))
+    releases_before = sorted(p.name for p in (fleet3.hosts[0].deploy_to / "releases").iterdir())
+    broken = app_repo.path / "sampleapp" / "broken.py"
+    broken.write_text("def ok():\n    return 1\n\ndef bad(:\n    pass\n")
+    app_repo.commit("v-syntax")
+    done = cli("deploy", "--hosts", "prod")
+    broken.unlink()
+    app_repo.commit("v-syntax-fixed")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "sampleapp/broken.py line 4" in done.stderr and "SyntaxError" in done.stderr
+    assert release_ids(fleet3) == {good}
+    assert sorted(p.name for p in (fleet3.hosts[0].deploy_to / "releases").iterdir()) == \
+        releases_before  # nothing half-built left behind
+
+
 def test_releases_lists_current_and_failed(cli: Cli, fleet3: Fleet) -> None:
     done = cli("releases", "--hosts", "prod", check=True)
     current = only(release_ids(fleet3))

@@ -138,6 +138,20 @@ def test_program_stopped_by_hand(vcli: Cli, fleet2: Fleet) -> None:
     vcli("verify", "--hosts", "prod", check=True)
 
 
+def test_syntax_error_reported_by_the_host_compiler(vcli: Cli, fleet2: Fleet,
+                                                     app_repo: AppRepo) -> None:
+    """Timestamp pycs are compiled on each host (not shipped): its error names file and line."""
+    broken = app_repo.path / "sampleapp" / "broken.py"
+    broken.write_text("x = 1\nif x\n    pass\n")
+    app_repo.commit("host-syntax")
+    done = vcli("deploy", "--hosts", "prod")
+    broken.unlink()
+    app_repo.commit("host-syntax-fixed")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "cannot compile sampleapp/broken.py line 2" in done.stderr
+    vcli("verify", "--hosts", "prod", check=True)
+
+
 def test_clear_cache_counts_and_path_guard(vcli: Cli, fleet2: Fleet) -> None:
     host = fleet2.hosts[0]
     done = vcli("clear-cache", "--hosts", host.name, check=True)

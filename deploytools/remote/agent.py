@@ -225,8 +225,8 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
         linked = link_unchanged(layout.release(base), partial, files, plan["changed"]) \
             if base else 0
         count, size = extract(stream, int(plan["archive_size"]), partial)
-        shipped_pycs = extract(stream, int(plan.get("pyc_archive_size") or 0), partial)[0] \
-            if plan.get("pyc_archive_size") else 0
+        shipped_pycs = extract(stream, int(stream.readline()), partial)[0] \
+            if plan.get("pycs_follow") else 0
         timings["transfer"] = round(time.time() - started, 3)
         result.update(files=len(files), linked=linked, received=count, bytes=size,
                       base=base, shipped_pycs=shipped_pycs)
@@ -405,7 +405,8 @@ def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str],
             shipped += 1  # compiled once on the controller
             continue
         source = os.path.join(reuse_from, pyc) if reuse_from else None
-        if source and os.path.samefile(os.path.join(root, rel), os.path.join(reuse_from, rel)) \
+        if source and reuse_from and same_file(os.path.join(root, rel),
+                                               os.path.join(reuse_from, rel)) \
                 and reusable_pyc(source, req["pyc_invalidation"]):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.link(source, target)
@@ -420,6 +421,14 @@ def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str],
     event("bytecode (%s): %d from the controller, %d reused, %d compiled here" % (
         req["pyc_invalidation"], shipped, reused, result["compiled"]))
     return {"compiled": result["compiled"], "reused": reused, "shipped": shipped}
+
+
+def same_file(a: str, b: str) -> bool:
+    """True when the new release's source is the base's, hard-linked (so unchanged)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def pyc_path(source: str, cache_tag: str) -> str:
