@@ -49,8 +49,7 @@ class Artifact:
     revision: str
     ref: str | None
     source: str
-    tar: IO[bytes]
-    size: int
+    size: int  # bytes of file content (uncompressed): for disk estimates and display
     manifest: dict[str, Any]
     members: dict[str, _Member] = field(default_factory=dict, repr=False)
     _pyc_cache: dict[str, bytes] = field(default_factory=dict, repr=False)
@@ -76,8 +75,6 @@ class Artifact:
                 ) -> tuple[int, Callable[[], Iterator[bytes]]]:
         """A compressed tar of `paths` (all when None) plus `extra` files, as (size, stream
         factory). Built once per run and shared by every host that needs the same one."""
-        if paths is None and not extra:
-            return self.size, self.stream
         key = (None if paths is None else tuple(sorted(paths)), tuple(sorted(extra or {})))
         with self._archive_lock:
             if key not in self._archives:
@@ -111,7 +108,7 @@ class Artifact:
         missing = [src for src in sources if pyc_path(src, tag) not in self._pyc_cache]
         if not missing:
             return
-        root = self._extracted()
+        root = self._extracted(missing)
         result = bytecode.compile_tree(root, invalidation_mode=invalidation_mode, files=missing)
         if result["errors"]:
             first = result["errors"][0]
@@ -136,20 +133,17 @@ class Artifact:
         threading.Thread(target=work, name="precompile", daemon=True).start()
         started.wait()
 
-    def _extracted(self) -> str:
-        """The artifact's sources unpacked once in a private temporary directory."""
+    def _extracted(self, sources: list[str]) -> str:
+        """A private temporary directory holding (at least) these sources, written once."""
         if self._source_tree is None:
             self._source_tree = tempfile.mkdtemp(prefix="deploytools-src-")
-            for path, (info, body) in self.members.items():
-                if info.isfile() and body is not None:
-                    target = Path(self._source_tree, path)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(body)
+        for path in sources:
+            target = Path(self._source_tree, path)
+            if not target.exists():
+                info, body = self.members[path]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(body or b"")
         return self._source_tree
-
-    def stream(self) -> Iterator[bytes]:
-        """The whole artifact, from the start (each host gets its own pass over the file)."""
-        return _read_file(self.tar, self.size)
 
     def avoid_ids(self, taken: set[str]) -> None:
         """Give the release a fresh id if a host already has one by this name (the same
@@ -161,7 +155,6 @@ class Artifact:
         self.manifest["id"] = self.release_id
 
     def close(self) -> None:
-        self.tar.close()
         for _, handle in self._archives.values():
             handle.close()
         if self._source_tree:
@@ -227,7 +220,8 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         ref = None
     else:
         raise ConfigError("no source: set source.repo or source.path in the inventory")
-    tar, size, files = _write_tar(members)
+    files = _hash_members(members)
+    size = sum(len(body) for _, body in members if body is not None)
     if revision is None:
         revision = "sha256:" + files_digest(files)
     manifest = {
@@ -240,7 +234,7 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         "deploytools": __version__,
         "files": files,
     }
-    return Artifact(release_id, revision, ref, origin, tar, size, manifest,
+    return Artifact(release_id, revision, ref, origin, size, manifest,
                     members={info.name: (info, body) for info, body in members})
 
 
@@ -316,19 +310,15 @@ def _from_directory(root: Path, patterns: tuple[str, ...]) -> list[_Member]:
     return members
 
 
-def _write_tar(members: list[_Member]) -> tuple[IO[bytes], int, dict[str, str]]:
-    """Write the artifact (names sorted, owner root) and hash every file."""
+def _hash_members(members: list[_Member]) -> dict[str, str]:
+    """The manifest's file table: sha256 of every file, `symlink:<target>` for links."""
     files: dict[str, str] = {}
     for info, body in members:
         if info.isfile() and body is not None:
             files[info.name] = hashlib.sha256(body).hexdigest()
         elif info.issym():
             files[info.name] = "symlink:" + info.linkname
-    out = tempfile.TemporaryFile(prefix="deploytools-artifact-")  # noqa: SIM115 (returned)
-    _write_members(out, sorted(members, key=lambda m: m[0].name))
-    size = out.tell()
-    out.seek(0)
-    return out, size, files
+    return files
 
 
 def _write_members(out: IO[bytes], members: list[_Member]) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from deploytools import flow
+from deploytools import flow, operations
 from deploytools.errors import ConfigError, ExitCode
 from deploytools.inventory import load_inventory
 from deploytools.report import Console
@@ -47,7 +47,7 @@ def run_demo(console: Console, hosts: int = 3, keep: bool = False) -> flow.RunRe
             console.info(f"==> inv deploy --hosts prod   (app {version})")
             result = flow.deploy(selected, console)
         console.info("==> inv releases --hosts prod")
-        flow.list_releases(selected, console)
+        operations.list_releases(selected, console)
         console.info("==> inv verify --hosts prod")
         verified = verify_fleet(selected, console)
         console.info("==> inv status --hosts prod")

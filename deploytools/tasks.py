@@ -26,7 +26,7 @@ from typing import Any
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from deploytools import flow
+from deploytools import flow, operations
 from deploytools.errors import DeployToolsError, ExitCode
 from deploytools.inventory import Host, load_inventory
 from deploytools.report import Console, make_console, mask_secrets
@@ -122,7 +122,7 @@ def rollback(c: Context, hosts: str | None = None, inventory: str | None = None,
 def releases(c: Context, hosts: str | None = None, inventory: str | None = None,
              json: str | None = None, log: str | None = None, debug: bool = False) -> None:
     """List each host's releases: current marked, revision, switch time, failures."""
-    _run(lambda console: flow.list_releases(_select(c, hosts, inventory), console),
+    _run(lambda console: operations.list_releases(_select(c, hosts, inventory), console),
          debug=debug, json=json, log=log, options={"hosts": hosts})
 
 
@@ -152,7 +152,7 @@ def status(c: Context, hosts: str | None = None, inventory: str | None = None,
 def check(c: Context, hosts: str | None = None, inventory: str | None = None,
           json: str | None = None, log: str | None = None, debug: bool = False) -> None:
     """Preflight without changing anything: keys, deploy_to, disk, Python, supervisor, lock."""
-    _run(lambda console: flow.check(_select(c, hosts, inventory), console),
+    _run(lambda console: operations.check(_select(c, hosts, inventory), console),
          debug=debug, json=json, log=log, options={"hosts": hosts})
 
 
@@ -168,7 +168,7 @@ def clear_cache(c: Context, hosts: str | None = None, inventory: str | None = No
                 lock_wait: float = 0, dry_run: bool = False, json: str | None = None,
                 log: str | None = None, debug: bool = False) -> None:
     """Remove __pycache__ dirs and *.pyc/*.pyo under the current release; optionally restart."""
-    _run(lambda console: flow.clear_cache(
+    _run(lambda console: operations.clear_cache(
         _select(c, hosts, inventory), console, path=path, restart=restart,
         include_venv=include_venv, lock_wait=lock_wait, dry_run=dry_run),
         debug=debug, json=json, log=log,
@@ -181,7 +181,7 @@ def unlock(c: Context, hosts: str | None = None, inventory: str | None = None,
            force: bool = False, json: str | None = None, log: str | None = None,
            debug: bool = False) -> None:
     """Remove stale deploy locks (older than lock_expiry), or any lock with --force."""
-    _run(lambda console: flow.unlock(_select(c, hosts, inventory), console, force=force),
+    _run(lambda console: operations.unlock(_select(c, hosts, inventory), console, force=force),
          debug=debug, json=json, log=log, options={"hosts": hosts, "force": force})
 
 

@@ -108,6 +108,11 @@ def health_releases(fleet: Fleet) -> dict[str, str | None]:
     return out
 
 
+def release_dirs(deploy_to: Path) -> list[Path]:
+    """The host's releases (hidden entries are partial builds or trash being deleted)."""
+    return sorted(p for p in (deploy_to / "releases").iterdir() if not p.name.startswith("."))
+
+
 def current_release(host_deploy_to: Path) -> str | None:
     link = host_deploy_to / "current"
     return os.readlink(link).rsplit("/", 1)[-1] if link.is_symlink() else None

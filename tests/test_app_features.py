@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AppRepo, Cli, current_release, health_releases
+from conftest import AppRepo, Cli, current_release, health_releases, release_dirs
 
 from deploytools.sandbox import Fleet
 
@@ -26,7 +26,7 @@ def set_defaults(cli: Cli, **values: object) -> None:
 
 
 def releases_on(fleet: Fleet) -> set[str]:
-    return {p.name for h in fleet.hosts for p in (h.deploy_to / "releases").iterdir()}
+    return {p.name for h in fleet.hosts for p in release_dirs(h.deploy_to)}
 
 
 def test_shared_env_and_media_survive_releases(cli: Cli, fleet3: Fleet,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AppRepo, Cli, current_release, health_releases
+from conftest import AppRepo, Cli, current_release, health_releases, release_dirs
 
 from deploytools.sandbox import Fleet
 
@@ -75,7 +75,7 @@ def test_failing_health_rolls_every_host_back(cli: Cli, fleet3: Fleet,
         assert host.name in done.stderr and "HTTP 500" in done.stderr
     assert health_releases(fleet3) == {h.name: good for h in fleet3.hosts}
     assert release_ids(fleet3) == {good}
-    failed = [p for p in (fleet3.hosts[0].deploy_to / "releases").iterdir()
+    failed = [p for p in release_dirs(fleet3.hosts[0].deploy_to)
               if (p / ".deploytools" / "FAILED").exists()]
     assert len(failed) == 1 and "HTTP 500" in (failed[0] / ".deploytools" / "FAILED").read_text()
 
@@ -95,7 +95,7 @@ def test_crash_at_import_reports_supervisor_reason(cli: Cli, fleet3: Fleet,
 
 def test_syntax_error_fails_before_any_switch(cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
     good = only(release_ids(fleet3))
-    releases_before = sorted(p.name for p in (fleet3.hosts[0].deploy_to / "releases").iterdir())
+    releases_before = sorted(p.name for p in release_dirs(fleet3.hosts[0].deploy_to))
     broken = app_repo.path / "sampleapp" / "broken.py"
     broken.write_text("def ok():\n    return 1\n\ndef bad(:\n    pass\n")
     app_repo.commit("v-syntax")
@@ -105,7 +105,7 @@ def test_syntax_error_fails_before_any_switch(cli: Cli, fleet3: Fleet, app_repo:
     assert done.returncode == 3, done.stdout + done.stderr
     assert "sampleapp/broken.py line 4" in done.stderr and "SyntaxError" in done.stderr
     assert release_ids(fleet3) == {good}
-    assert sorted(p.name for p in (fleet3.hosts[0].deploy_to / "releases").iterdir()) == \
+    assert sorted(p.name for p in release_dirs(fleet3.hosts[0].deploy_to)) == \
         releases_before  # nothing half-built left behind
 
 
@@ -119,7 +119,7 @@ def test_releases_lists_current_and_failed(cli: Cli, fleet3: Fleet) -> None:
 
 
 def test_rollback_skips_failed_releases(cli: Cli, fleet3: Fleet) -> None:
-    releases = sorted(p.name for p in (fleet3.hosts[0].deploy_to / "releases").iterdir())
+    releases = sorted(p.name for p in release_dirs(fleet3.hosts[0].deploy_to))
     good_before = only(release_ids(fleet3))
     expected = releases[releases.index(good_before) - 1]  # v1: the failed ones are newer
     cli("rollback", "--hosts", "prod", check=True)
@@ -131,7 +131,7 @@ def test_rollback_skips_failed_releases(cli: Cli, fleet3: Fleet) -> None:
 
 
 def test_rollback_refuses_a_failed_release(cli: Cli, fleet3: Fleet) -> None:
-    failed = next(p.name for p in (fleet3.hosts[0].deploy_to / "releases").iterdir()
+    failed = next(p.name for p in release_dirs(fleet3.hosts[0].deploy_to)
                   if (p / ".deploytools" / "FAILED").exists())
     done = cli("rollback", "--hosts", "prod", "--to", failed)
     assert done.returncode != 0
@@ -147,7 +147,7 @@ def test_keep_releases_counts_only_good_ones(cli: Cli, fleet3: Fleet, app_repo: 
         assert done.returncode == (3 if broken else 0), done.stdout + done.stderr
     current = only(release_ids(fleet3))
     for host in fleet3.hosts:
-        releases = sorted((host.deploy_to / "releases").iterdir())
+        releases = sorted(release_dirs(host.deploy_to))
         good = [p.name for p in releases if not (p / ".deploytools" / "FAILED").exists()]
         assert len(good) == 3 and current in good, [p.name for p in releases]
         assert len(releases) == 3  # the failed one, older than current, is gone too

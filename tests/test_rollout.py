@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, AppRepo, Cli, current_release, health_releases, make_fleet
+from conftest import (
+    REPO_ROOT,
+    AppRepo,
+    Cli,
+    current_release,
+    health_releases,
+    make_fleet,
+    release_dirs,
+)
 
 from deploytools.sandbox import Fleet, SimHost
 
@@ -234,7 +242,7 @@ def test_disk_full_during_prepare(rcli: Cli, fleet4: Fleet, app_repo: AppRepo) -
         assert done.returncode == 3, done.stdout + done.stderr
         assert "web4" in done.stderr and "disk full" in done.stderr
         assert health_releases(fleet4) == before
-        leftovers = [p.name for p in (web4.deploy_to / "releases").iterdir()]
+        leftovers = os.listdir(web4.deploy_to / "releases")  # hidden partials included
         assert leftovers == [], leftovers  # no partial release left behind
         assert no_locks(fleet4)
     finally:
@@ -258,7 +266,7 @@ def test_two_deploys_at_once_exactly_one_proceeds(rcli: Cli, fleet4: Fleet,
 def test_sigint_during_prepare_changes_nothing(rcli: Cli, fleet4: Fleet, app_repo: AppRepo,
                                                tmp_path: Path) -> None:
     before = health_releases(fleet4)
-    releases_before = {h.name: sorted(os.listdir(h.deploy_to / "releases"))
+    releases_before = {h.name: [p.name for p in release_dirs(h.deploy_to)]
                        for h in fleet4.hosts}
     rcli.inventory = variant(rcli, tmp_path, hooks={"after_prepare": ["sleep 1"]})
     app_repo.commit("interrupt-prepare")
@@ -268,7 +276,7 @@ def test_sigint_during_prepare_changes_nothing(rcli: Cli, fleet4: Fleet, app_rep
     code, out = run.finish()
     assert code == 130, out
     assert health_releases(fleet4) == before
-    assert {h.name: sorted(os.listdir(h.deploy_to / "releases"))
+    assert {h.name: [p.name for p in release_dirs(h.deploy_to)]
             for h in fleet4.hosts} == releases_before
     assert no_locks(fleet4)
 

@@ -3,6 +3,7 @@ deltas, secret masking, release layout rules, dry-run descriptions, health evalu
 
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import subprocess
@@ -89,7 +90,8 @@ def test_artifact_from_git_and_its_deltas(tmp_path: Path) -> None:
             ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True,
             text=True).stdout.strip()
         assert artifact.release_id.endswith("-" + artifact.revision[:7])
-        with tarfile.open(fileobj=artifact.tar, mode="r:*") as archive:
+        size, stream = artifact.archive()
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream())), mode="r:*") as archive:
             assert "pkg/a.py" in archive.getnames()
         base = dict(artifact.files, **{"old.py": "0" * 64})
         base["pkg/a.py"] = "f" * 64  # differs: must be sent

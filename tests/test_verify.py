@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AppRepo, Cli, current_release, make_fleet
+from conftest import AppRepo, Cli, current_release, make_fleet, release_dirs
 
 from deploytools.sandbox import Fleet, SimHost
 
@@ -116,7 +116,7 @@ def test_current_switched_by_hand_without_restart(vcli: Cli, fleet2: Fleet,
     vcli("deploy", "--hosts", "prod", check=True)
     host = fleet2.hosts[0]
     running = current_release(host.deploy_to)
-    older = sorted(p.name for p in (host.deploy_to / "releases").iterdir() if p.name != running)[-1]
+    older = sorted(p.name for p in release_dirs(host.deploy_to) if p.name != running)[-1]
     temp = host.deploy_to / "current.byhand"
     temp.symlink_to(f"releases/{older}")
     temp.replace(host.deploy_to / "current")

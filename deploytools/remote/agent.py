@@ -256,6 +256,7 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
         with open(os.path.join(partial, META_DIR, MANIFEST), "w") as fh:
             json.dump(manifest, fh, indent=1, sort_keys=True)
         os.rename(partial, final)
+        layout.write_state(release_id, **{k: manifest.get(k) for k in SUMMARY_KEYS})
         result["hooks"] = run_hooks_or_fail(layout, "after_prepare", release_id, req)
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
@@ -264,6 +265,9 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
             raise AgentError(str(exc)) from None
         raise
     return result
+
+
+SUMMARY_KEYS = ("revision", "ref", "created_at", "deployed_by")
 
 
 def files_digest(files: Dict[str, str]) -> str:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -23,6 +25,7 @@ MANIFEST = "release.json"
 FAILED_MARK = "FAILED"
 STATE_FILE = "state.json"  # mutable facts about a release (switched_at), apart from the manifest
 PARTIAL_PREFIX = ".partial-"
+TRASH_PREFIX = ".trash-"
 
 
 class Layout:
@@ -140,8 +143,9 @@ class Layout:
         current = self.current_id()
         rows = []
         for release_id in self.release_ids():
-            manifest = self.manifest(release_id) or {}
             state = self.state(release_id)
+            # the summary copied into state.json spares parsing every large manifest
+            manifest = state if "revision" in state else (self.manifest(release_id) or {})
             rows.append({
                 "id": release_id,
                 "current": release_id == current,
@@ -180,12 +184,32 @@ class Layout:
                 continue
             if not failed and release_id not in good[:-keep]:
                 continue
-            shutil.rmtree(self.release(release_id), ignore_errors=True)
+            self.discard(self.release(release_id))
             removed.append(release_id)
         for name in os.listdir(self.releases):
             if name.startswith(PARTIAL_PREFIX) and not self.lock_owner_matches_partial(name):
-                shutil.rmtree(os.path.join(self.releases, name), ignore_errors=True)
+                self.discard(os.path.join(self.releases, name))
+        self.empty_trash()
         return removed
+
+    def discard(self, path: str) -> None:
+        """Take a directory out of the layout at once (rename into the trash); its files
+        are deleted by empty_trash, off the deploy's critical path."""
+        if os.path.lexists(path):
+            trash = os.path.join(self.releases, "%s%s-%d" % (
+                TRASH_PREFIX, os.path.basename(path).lstrip("."), os.getpid()))
+            os.rename(path, trash)
+
+    def empty_trash(self) -> None:
+        """Delete trashed directories in a detached process: thousands of files take a
+        while, and nothing waits for them (a later cleanup finishes any leftovers)."""
+        trash = [os.path.join(self.releases, n) for n in os.listdir(self.releases)
+                 if n.startswith(TRASH_PREFIX)]
+        if trash:
+            code = "import shutil, sys\nfor p in sys.argv[1:]: shutil.rmtree(p, True)"
+            subprocess.Popen([sys.executable, "-c", code] + trash, start_new_session=True,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, close_fds=True)
 
     def lock_owner_matches_partial(self, name: str) -> bool:
         """A partial dir belongs to the run holding the lock: never sweep it from under it."""
