@@ -222,8 +222,8 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
         if files_digest(files) != plan["digest"]:
             raise AgentError("assembled manifest does not match the artifact (internal error)")
         os.makedirs(partial)
-        linked = link_unchanged(layout.release(base), partial, files, plan["changed"]) \
-            if base else 0
+        linked_paths = set(files) - set(plan["changed"]) if base else set()
+        linked = link_unchanged(layout.release(base), partial, linked_paths) if base else 0
         count, size = extract(stream, int(plan["archive_size"]), partial)
         shipped_pycs = extract(stream, int(stream.readline()), partial)[0] \
             if plan.get("pycs_follow") else 0
@@ -243,8 +243,9 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
             manifest["venv"] = result["venv"]["key"]
             timings["venv"] = round(time.time() - started, 3)
         started = time.time()
-        compiled = apply_bytecode(partial, req, files, reuse_from=layout.release(base)
-                                  if base else None)
+        compiled = apply_bytecode(partial, req, files, linked_paths,
+                                  layout.release(base) if base else None,
+                                  (layout.manifest(base) or {}) if base else {})
         timings["bytecode"] = round(time.time() - started, 3)
         manifest["python"] = python_facts()
         manifest["bytecode"] = dict(compiled, mode=req["bytecode"],
@@ -305,22 +306,17 @@ def intact_files(layout: Layout, release_id: str) -> Dict[str, str]:
     return intact
 
 
-def link_unchanged(base_dir: str, dest: str, files: Dict[str, str],
-                   changed: Dict[str, str]) -> int:
+def link_unchanged(base_dir: str, dest: str, paths: "set[str]") -> int:
     """Hard-link every unchanged file from the base release into the new one."""
-    count = 0
     made = set()
-    for rel in files:
-        if rel in changed:
-            continue
+    for rel in paths:
         target = os.path.join(dest, rel)
         folder = os.path.dirname(target)
         if folder not in made:
             os.makedirs(folder, exist_ok=True)
             made.add(folder)
         os.link(os.path.join(base_dir, rel), target)
-        count += 1
-    return count
+    return len(paths)
 
 
 def run_hooks_or_fail(layout: Layout, point: str, release_id: str,
@@ -388,33 +384,42 @@ class _Limited:
             pass
 
 
-def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str],
-                   reuse_from: Optional[str]) -> Dict[str, Any]:
-    """Precompile (reusing the base release's pycs of unchanged modules, and keeping
-    pycs the controller shipped), clear, or leave bytecode alone."""
+def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str], linked: "set[str]",
+                   base_dir: Optional[str], base_manifest: Dict[str, Any]) -> Dict[str, Any]:
+    """Precompile (reusing the base release's pycs of unchanged, hard-linked modules, and
+    keeping pycs the controller shipped), clear, or leave bytecode alone."""
     mode = req["bytecode"]
     if mode == "clear":
         return {"cleared_files": bytecode.clear_tree(root)["files"]}
     if mode != "precompile":
         return {}
     tag = sys.implementation.cache_tag
+    previous = base_manifest.get("bytecode") or {}
+    # the base's pycs fit when they were made the same way, by the same interpreter
+    reusable = bool(base_dir) and previous.get("mode") == "precompile" and \
+        previous.get("invalidation") == req["pyc_invalidation"] and \
+        previous.get("magic") == importlib.util.MAGIC_NUMBER.hex()
     reused = shipped = 0
     todo = []
+    made = set()
     for rel in files:
         if not rel.endswith(".py"):
             continue
         pyc = pyc_path(rel, tag)
         target = os.path.join(root, pyc)
+        if reusable and rel in linked:
+            folder = os.path.dirname(target)
+            if folder not in made:
+                os.makedirs(folder, exist_ok=True)
+                made.add(folder)
+            try:
+                os.link(os.path.join(base_dir or "", pyc), target)
+                reused += 1
+                continue
+            except FileNotFoundError:
+                pass  # cleared or never compiled there: compile it here
         if os.path.exists(target):
             shipped += 1  # compiled once on the controller
-            continue
-        source = os.path.join(reuse_from, pyc) if reuse_from else None
-        if source and reuse_from and same_file(os.path.join(root, rel),
-                                               os.path.join(reuse_from, rel)) \
-                and reusable_pyc(source, req["pyc_invalidation"]):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.link(source, target)
-            reused += 1
         else:
             todo.append(rel)
     result = bytecode.compile_tree(root, invalidation_mode=req["pyc_invalidation"], files=todo)
@@ -427,28 +432,10 @@ def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str],
     return {"compiled": result["compiled"], "reused": reused, "shipped": shipped}
 
 
-def same_file(a: str, b: str) -> bool:
-    """True when the new release's source is the base's, hard-linked (so unchanged)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def pyc_path(source: str, cache_tag: str) -> str:
     folder, _, name = source.rpartition("/")
     cached = "__pycache__/%s.%s.pyc" % (name[:-3], cache_tag)
     return folder + "/" + cached if folder else cached
-
-
-def reusable_pyc(path: str, invalidation: str) -> bool:
-    """A base pyc can serve the same (hard-linked) source if it is ours and of this mode."""
-    try:
-        with open(path, "rb") as fh:
-            header = bytecode.parse_pyc_header(fh.read(16))
-    except (OSError, ValueError):
-        return False
-    return header.magic == importlib.util.MAGIC_NUMBER and header.mode == invalidation
 
 
 def op_activate(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
