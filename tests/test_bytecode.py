@@ -623,14 +623,3 @@ def test_scan_a_thousand_modules(tmp_path: Path) -> None:
     assert scan["ok"] and scan["checked"] == 1020 and scan["sources"] == 1020
 
 
-def test_cli_prints_json_and_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    root = make_tree(tmp_path)
-    assert bytecode.main(["compile", str(root), "--mode", "unchecked-hash"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"compiled": 5, "errors": []}
-    assert bytecode.main(["scan", str(root)]) == 0
-    assert json.loads(capsys.readouterr().out)["ok"] is True
-    edit_keep_stat(root / "app" / "value.py", "VALUE = 1", "VALUE = 2")
-    assert bytecode.main(["scan", str(root)]) == 1
-    assert json.loads(capsys.readouterr().out)["stale"][0]["silent"] is True
-    assert bytecode.main(["clear", str(root)]) == 0
-    assert json.loads(capsys.readouterr().out)["files"] == 5

@@ -20,7 +20,6 @@ import).  It also works as a small CLI (``python bytecode.py scan ROOT``) printi
 from __future__ import annotations
 
 import importlib.util
-import json
 import marshal
 import multiprocessing
 import operator
@@ -30,7 +29,7 @@ import shutil
 import sys
 import types
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Literal, NamedTuple
 
@@ -243,32 +242,15 @@ class _Scan:
         self.sources = 0
 
     def error(self, rel: str, exc: BaseException) -> None:
+        """Record what could not be read (an unverifiable file is not proof of anything)."""
         self.errors.append({"path": rel or ".", "error": _err(exc)})
 
     def walk(self) -> None:
-        # Explicit stack instead of recursion: deep trees cannot hit the recursion limit, and
-        # each directory is listed exactly once.
-        stack = [(self.root, "")]
-        while stack:
-            path, rel = stack.pop()
-            try:
-                with os.scandir(path) as it:
-                    entries = list(it)
-            except OSError as exc:
-                self.error(rel, exc)
-                continue
+        for rel, others, pycache in _walk_tree(self.root, self.skip, self.error):
             files: dict[str, os.DirEntry[str]] = {}
-            pycache: os.DirEntry[str] | None = None
-            for entry in entries:
+            for entry in others:
                 try:
-                    # Symlinked directories are not followed (loops, shared dirs outside the
-                    # release); symlinked files are, like the import system does.
-                    if entry.is_dir(follow_symlinks=False):
-                        if entry.name == _PYCACHE:
-                            pycache = entry
-                        elif entry.name not in self.skip:
-                            stack.append((entry.path, _rel(rel, entry.name)))
-                    elif entry.is_file():
+                    if entry.is_file():  # symlinked files are followed, as imports do
                         files[entry.name] = entry
                 except OSError as exc:
                     self.error(_rel(rel, entry.name), exc)
@@ -489,18 +471,50 @@ def scan_tree(
 # --------------------------------------------------------------------------------------------
 
 
-def _iter_sources(root: str, skip: frozenset[str]) -> Iterator[str]:
-    """Yield "/"-relative paths of ``.py`` files, never entering skipped or cache dirs."""
+def _walk_tree(
+    root: str, skip: frozenset[str], on_error: Callable[[str, BaseException], None]
+) -> Iterator[tuple[str, list[os.DirEntry[str]], os.DirEntry[str] | None]]:
+    """Yield ``(rel, non-directory entries, __pycache__ entry or None)`` per directory.
+
+    One ``scandir`` per directory, an explicit stack (deep trees cannot hit the recursion
+    limit), skipped names and symlinked directories never entered (loops, shared dirs
+    outside the release).
+    """
     stack = [(root, "")]
     while stack:
         path, rel = stack.pop()
-        with os.scandir(path) as it:
-            for entry in it:
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as exc:
+            on_error(rel or ".", exc)
+            continue
+        others: list[os.DirEntry[str]] = []
+        pycache: os.DirEntry[str] | None = None
+        for entry in entries:
+            try:
                 if entry.is_dir(follow_symlinks=False):
-                    if entry.name != _PYCACHE and entry.name not in skip:
+                    if entry.name == _PYCACHE:
+                        pycache = entry
+                    elif entry.name not in skip:
                         stack.append((entry.path, _rel(rel, entry.name)))
-                elif entry.name.endswith(".py") and entry.is_file():
-                    yield _rel(rel, entry.name)
+                else:
+                    others.append(entry)
+            except OSError as exc:
+                on_error(_rel(rel, entry.name), exc)
+        yield rel, others, pycache
+
+
+def _raise(rel: str, exc: BaseException) -> None:
+    raise exc
+
+
+def _iter_sources(root: str, skip: frozenset[str]) -> Iterator[str]:
+    """Yield "/"-relative paths of ``.py`` files, never entering skipped or cache dirs."""
+    for rel, others, _ in _walk_tree(root, skip, _raise):
+        for entry in others:
+            if entry.name.endswith(".py"):
+                yield _rel(rel, entry.name)
 
 
 def _invalidation_mode(name: str) -> py_compile.PycInvalidationMode:
@@ -648,77 +662,27 @@ def clear_tree(root: str, *, skip_dirs: Iterable[str] = DEFAULT_SKIP_DIRS) -> di
     packages.  ``files`` includes the files that were inside removed ``__pycache__`` dirs;
     failures are collected in ``errors`` instead of aborting half-way.
     """
-    skip = frozenset(skip_dirs)
     dirs = files = 0
     errors: list[dict[str, Any]] = []
-    stack = [(root, "")]
-    while stack:
-        path, rel = stack.pop()
-        try:
-            with os.scandir(path) as it:
-                entries = list(it)
-        except OSError as exc:
-            errors.append({"path": rel or ".", "error": _err(exc)})
-            continue
-        for entry in entries:
-            entry_rel = _rel(rel, entry.name)
+
+    def failed(rel: str, exc: BaseException) -> None:
+        errors.append({"path": rel, "error": _err(exc)})
+
+    for rel, others, pycache in _walk_tree(root, frozenset(skip_dirs), failed):
+        if pycache is not None:
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.name == _PYCACHE:
-                        count = _count_files(entry.path)
-                        shutil.rmtree(entry.path)
-                        dirs += 1
-                        files += count
-                    elif entry.name not in skip:
-                        stack.append((entry.path, entry_rel))
-                elif entry.name.endswith((".pyc", ".pyo")):
+                count = _count_files(pycache.path)
+                shutil.rmtree(pycache.path)
+                dirs += 1
+                files += count
+            except OSError as exc:
+                failed(_rel(rel, pycache.name), exc)
+        for entry in others:
+            if entry.name.endswith((".pyc", ".pyo")):
+                try:
                     os.unlink(entry.path)
                     files += 1
-            except OSError as exc:
-                errors.append({"path": entry_rel, "error": _err(exc)})
+                except OSError as exc:
+                    failed(_rel(rel, entry.name), exc)
     errors.sort(key=lambda item: item["path"])
     return {"dirs": dirs, "files": files, "errors": errors}
-
-
-# --------------------------------------------------------------------------------------------
-# CLI (how the remote side runs it: ``python bytecode.py scan /srv/app/releases/X``)
-# --------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one operation and print its JSON result; exit 1 when it found problems."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Check, compile or clear bytecode in a tree.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_scan = sub.add_parser("scan")
-    p_scan.add_argument("root")
-    p_scan.add_argument("--no-content-check", action="store_true")
-    p_compile = sub.add_parser("compile")
-    p_compile.add_argument("root")
-    p_compile.add_argument("--mode", default="checked-hash")
-    p_compile.add_argument("--workers", type=int, default=0)
-    p_clear = sub.add_parser("clear")
-    p_clear.add_argument("root")
-    for p in (p_scan, p_compile, p_clear):
-        p.add_argument("--skip-dir", action="append", default=None,
-                       help="directory name to skip (repeatable; replaces the defaults)")
-    args = parser.parse_args(argv)
-    skip = tuple(args.skip_dir) if args.skip_dir is not None else DEFAULT_SKIP_DIRS
-    if args.command == "scan":
-        result = scan_tree(args.root, skip_dirs=skip, content_check=not args.no_content_check)
-        failed = not result["ok"]
-    elif args.command == "compile":
-        result = compile_tree(args.root, invalidation_mode=args.mode, workers=args.workers,
-                              skip_dirs=skip)
-        failed = bool(result["errors"])
-    else:
-        result = clear_tree(args.root, skip_dirs=skip)
-        failed = bool(result["errors"])
-    json.dump(result, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
