@@ -208,3 +208,25 @@ def test_unknown_host_key_is_refused(cli: Cli, fleet3: Fleet, tmp_path: Path) ->
     assert done.returncode == 6, done.stdout + done.stderr
     assert "web1" in done.stderr and "unknown host key" in done.stderr
     assert health_releases(fleet3) == before  # nobody switched
+
+
+def test_first_contact_opt_in_records_keys_but_never_accepts_a_changed_one(
+        cli: Cli, fleet3: Fleet, tmp_path: Path) -> None:
+    data = yaml.safe_load(cli.inventory.read_text())
+    fresh = tmp_path / "known_hosts"
+    fresh.write_text("")
+    data["ssh"].update(known_hosts=str(fresh), accept_new_host_keys=True)
+    inventory = tmp_path / "inv.yaml"
+    inventory.write_text(yaml.safe_dump(data))
+    cli("check", "--hosts", "prod", "--inventory", str(inventory), check=True)
+    recorded = fresh.read_text().splitlines()
+    assert sorted(line.split()[0] for line in recorded) == sorted(h.address for h in fleet3.hosts)
+
+    # web1's entry replaced by another host's key: a changed key is refused even so
+    web1, web2 = fleet3.hosts[0], fleet3.hosts[1]
+    key_of = {line.split()[0]: line.split(None, 1)[1] for line in recorded}
+    fresh.write_text("".join(f"{addr} {key_of[web2.address if addr == web1.address else addr]}\n"
+                             for addr in key_of))
+    done = cli("check", "--hosts", "prod", "--inventory", str(inventory))
+    assert done.returncode == 6
+    assert "web1" in done.stderr and "CHANGED" in done.stderr
