@@ -28,7 +28,12 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional
 from deploytools.remote import build, bytecode, health, hooks, verify
 from deploytools.remote.health import expand_placeholders
 from deploytools.remote.releases import MANIFEST, META_DIR, Layout
-from deploytools.remote.supervisor import Supervisor, SupervisorError, process_facts
+from deploytools.remote.supervisor import (
+    STOPPED_STATES,
+    Supervisor,
+    SupervisorError,
+    process_facts,
+)
 
 
 class AgentError(Exception):
@@ -526,7 +531,7 @@ def restart(layout: Layout, req: Dict[str, Any]) -> List[Dict[str, Any]]:
         before = sup.info(name)
         rows.append({"name": name, "old_pid": before.get("pid") or None})
         sup.stop(name)
-        sup.wait_state(name, ("STOPPED", "EXITED", "FATAL"),
+        sup.wait_state(name, STOPPED_STATES,
                        float(sup_settings.get("stop_timeout") or 60))
     event("stopped %s" % ", ".join(names))
     release_dir = os.path.realpath(layout.current)
@@ -640,7 +645,6 @@ OPS: Dict[str, Callable[[Dict[str, Any], BinaryIO], Dict[str, Any]]] = {
     "prepare": op_prepare,
     "activate": op_activate,
     "finish": op_finish,
-    "lock_status": lambda req, stream: {"owner": Layout(req["deploy_to"]).lock_owner()},
     "unlock": op_unlock,
     "releases": op_releases,
     "resolve_rollback": op_resolve_rollback,
