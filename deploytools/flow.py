@@ -3,8 +3,8 @@
 deploy:
   1. plan           build the artifact once, locally; one release id for every host
                     (with --skip-unchanged and git, only the revision, until needed)
-  2. check          connect to every host (the first alone, then the rest in parallel);
-                    preflight and the deploy lock in one round trip
+  2. check          connect to every host at once (while planning), then preflight and
+                    the deploy lock in one round trip (the first host alone, then the rest)
   3. prepare        every host in parallel, one round trip: the host names its current
                     release, gets only what changed (and bytecode compiled here once),
                     links shared paths, builds or reuses its venv, runs after_prepare.
@@ -30,6 +30,7 @@ import os
 import secrets
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -98,12 +99,15 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
     # --skip-unchanged with git: the revision alone says who is current; build only if needed
     target = resolve_revision(source, ref or source.get("ref") or "HEAD") \
         if skip_unchanged and source.get("repo") else None
-    artifact = None if target else plan(source, console, ref)
+    artifact: Artifact | None = None
     runs = [HostRun(host, dry_run=dry_run) for host in hosts]
     stop = StopRule(policy, len(runs), console)
+    connections = connect_in_background(runs, console)
     with Interrupts(console) as interrupts:
         stop.interrupts = interrupts
         try:
+            artifact = None if target else plan(source, console, ref)
+            connections.join()
             owner = lock_owner(run_id, "deploy", artifact.release_id if artifact else target)
             unchanged_if = (target or artifact.revision) if skip_unchanged else None
             lock_fleet(runs, console, lambda r: check_and_lock(
@@ -146,27 +150,41 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
                 roll_back_switched(runs, console, artifact.release_id)
             return finish(runs, console, "deploy", run_id, artifact, started, interrupts)
         except BaseException:
+            connections.join()
             abandon(runs, console, interrupts)
             raise
         finally:
+            connections.join()  # nothing may connect behind close_all
             if artifact is not None:
                 artifact.close()
             close_all(runs)
 
 
+def connect_in_background(runs: list[HostRun], console: Console) -> threading.Thread:
+    """Connect to every host while the caller plans (the agents load meanwhile);
+    join() the thread before using or closing the connections."""
+    worker = threading.Thread(target=in_parallel, args=(runs, connect, console),
+                              name="connect", daemon=True)
+    worker.start()
+    return worker
+
+
 def lock_fleet(runs: list[HostRun], console: Console,
                check: Callable[[HostRun], None]) -> None:
-    """Preflight and lock the first host alone, then the rest in parallel.
+    """Connect to every host at once, then preflight and lock the first reachable host
+    alone, then the rest in parallel.
 
     Two runs started at once then meet on the same first host: exactly one gets on,
     the other stops there without having locked anything else (no split fleet).
     """
-    in_parallel(runs[:1], check, console)
-    if runs[0].state == LOCKED_OUT:
-        for run in runs[1:]:
-            run.fail(SKIPPED, f"not contacted: {runs[0].name} is locked")
+    in_parallel([r for r in runs if r.conn is None and r.active], connect, console)
+    reachable = active(runs)
+    in_parallel(reachable[:1], check, console)
+    if reachable and reachable[0].state == LOCKED_OUT:
+        for run in reachable[1:]:
+            run.fail(SKIPPED, f"not contacted: {reachable[0].name} is locked")
         return
-    in_parallel(runs[1:], check, console)
+    in_parallel(reachable[1:], check, console)
 
 
 def active(runs: list[HostRun]) -> list[HostRun]:
@@ -260,7 +278,8 @@ def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
     With `unchanged_if`, a host already on that revision that passes verify is left alone.
     """
     step_started = time.monotonic()
-    connect(run)
+    if run.conn is None:
+        connect(run)
     settings = run.host.settings
     request: dict[str, Any] = {
         "op": "preflight",
@@ -295,10 +314,14 @@ def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
 
 
 def connect(run: HostRun) -> None:
-    """Open the run's single SSH connection to this host (host key verified)."""
+    """Open the run's single SSH connection to this host (host key verified) and start
+    its agent session, which loads on the host while the controller goes on."""
+    step_started = time.monotonic()
     run.conn = HostConnection(run.host, dry_run=run.dry_run)
     run.conn.open()
+    run.conn.start_agent()
     run.state = CONNECTED
+    run.timings["connect"] = time.monotonic() - step_started
 
 
 def describe_owner(owner: dict[str, Any]) -> str:

@@ -49,6 +49,7 @@ def host_entry(run: HostRun) -> dict[str, Any]:
         "transport": {
             "connections": conn.connections if conn else 0,
             "commands": conn.commands if conn else 0,
+            "requests": conn.requests if conn else 0,
             "bytes_sent": conn.bytes_sent if conn else 0,
         },
     }

@@ -34,6 +34,9 @@ SKIPPED = "skipped"  # not attempted (an earlier failure stopped the run)
 UNCHANGED = "unchanged"  # already on the requested revision and verified (--skip-unchanged)
 
 
+STEP_GRACE = 5.0  # seconds the controller waits past ssh.command_timeout
+
+
 @dataclass
 class HostRun:
     """Everything one run learned about and did to one host."""
@@ -61,7 +64,9 @@ class HostRun:
         """What is left of this host's whole-run deadline (ssh.host_timeout)."""
         budget = float(self.host.settings["ssh"].get("host_timeout") or 3600)
         command = float(self.host.settings["ssh"].get("command_timeout") or 900)
-        return max(1.0, min(command, budget - (time.monotonic() - self.started)))
+        # the agent ends a step at `command` itself and says so; the grace lets that
+        # report arrive before the controller gives the host up as hung
+        return max(1.0, min(command + STEP_GRACE, budget - (time.monotonic() - self.started)))
 
     @property
     def name(self) -> str:

@@ -7,9 +7,10 @@ known_hosts file is loaded and unknown keys are rejected before `open()`
 a *changed* key is always refused). Connect, banner and auth have deadlines, and
 TCP_NODELAY is set (paramiko does not; it cuts a round trip from ~44 to ~2 ms).
 
-Remote work goes through the agent (`deploytools/remote`): its modules travel
-compressed with each call and run under the host's interpreter, so a phase is one
-`exec` on the already open connection, and uploads stream over the same channel.
+Remote work goes through the agent (`deploytools/remote`), run by the host's own
+interpreter and cached there by digest. One agent process per host serves every
+request of a run over one channel (a session): a phase is one round trip on a warm
+process, not an `exec` and a Python start, and uploads stream over the same channel.
 """
 
 from __future__ import annotations
@@ -152,10 +153,13 @@ class HostConnection:
         self.host = host
         self.dry_run = dry_run  # describe mutating operations instead of running them
         self.commands = 0  # remote commands run (the JSON report and benchmarks read it)
+        self.requests = 0  # agent requests (round trips) over those commands
         self.bytes_sent = 0
         self.connections = 0
         self._agent_cached: bool | None = None  # None: unknown, try the host's cache
         self._conn: Connection | None = None
+        self._channel: paramiko.Channel | None = None  # the agent session, once started
+        self._buffer = b""  # its output read past the last complete line
 
     # ------------------------------------------------------------------ connect
 
@@ -248,6 +252,7 @@ class HostConnection:
         return self._conn
 
     def close(self) -> None:
+        self._end_session()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -255,12 +260,14 @@ class HostConnection:
     # ------------------------------------------------------------------ agent
 
     def agent_command(self, cached: bool = True) -> str:
-        """The remote command line: the host's Python running the bootstrap (which loads
-        the agent from its cache, or from stdin), under a `timeout` so that a lost
-        controller never leaves it running forever."""
+        """The remote command line: the host's Python (`-S`: the agent is stdlib-only, and
+        site-packages' .pth files cost more than the agent itself) running the bootstrap,
+        which loads the agent from its cache or from stdin. `timeout` bounds the whole
+        session by the host's run deadline, so a lost controller never leaves it running;
+        each request carries its own limit (ssh.command_timeout), enforced by the agent."""
         settings = self.host.settings
-        limit = int(settings["ssh"]["command_timeout"])
-        parts = ["timeout", "-k", "10", str(limit), settings["python"], "-c", BOOTSTRAP,
+        limit = int(settings["ssh"]["host_timeout"]) + int(settings["ssh"]["command_timeout"])
+        parts = ["timeout", "-k", "10", str(limit), settings["python"], "-S", "-c", BOOTSTRAP,
                  agent_digest(), "cached" if cached else "inline"]
         command = " ".join(shlex.quote(p) for p in parts)
         if settings["supervisor"].get("sudo"):
@@ -275,11 +282,12 @@ class HostConnection:
         timeout: float | None = None,
         answer: Answer | None = None,
     ) -> AgentCall:
-        """Run one agent operation on the open connection (one remote command).
+        """Run one agent operation: one request to the host's agent session.
 
-        `upload` streams bytes after the request (e.g. the artifact). With `answer`, the
-        agent may ask one question mid-call (prepare asks what to send given the base
-        release it has); the answer's frame and upload follow on the same channel.
+        The first call starts the session (one remote command); later calls reuse its
+        process, so a run pays for one Python start per host. `upload` streams bytes after
+        the request. With `answer`, the agent may ask one question mid-call (prepare asks
+        what to send given the base release it has); the answer's frame and upload follow.
         """
         if self.dry_run and request["op"] in dryrun.MUTATING_OPS:
             lines = dryrun.describe(request)
@@ -288,17 +296,16 @@ class HostConnection:
                     on_event("would " + line)
             return AgentCall(result=dryrun.pretend(request), error=None,
                              events=["would " + line for line in lines])
-        if answer is not None:
-            request = dict(request, asks=True)
-        deadline = timeout or float(self.host.settings["ssh"]["command_timeout"]) + 15
+        ssh = self.host.settings["ssh"]
+        request = dict(request, time_limit=float(ssh["command_timeout"]), streams=bool(
+            upload or answer))
+        deadline = timeout or float(ssh["command_timeout"]) + 15
         started = time.monotonic()
-        call, status = self._exchange(request, upload, on_event, answer, deadline,
-                                      cached=self._agent_cached is not False)
+        call, status = self._exchange(request, upload, on_event, answer, deadline)
         if status == AGENT_CACHE_MISS and call.result is None and call.error is None:
             # The host lacks this agent version: send it inline (it caches it for next time).
-            self._agent_cached = not self._agent_cached  # unknown -> retry cache; saved? never
-            call, status = self._exchange(request, upload, on_event, answer, deadline,
-                                          cached=False)
+            self._agent_cached = False
+            call, status = self._exchange(request, upload, on_event, answer, deadline)
         call.seconds = time.monotonic() - started
         if call.result is None and call.error is None:
             raise RemoteError(self.host.name, self._no_result(status, call.stderr))
@@ -306,41 +313,77 @@ class HostConnection:
 
     def _exchange(self, request: dict[str, Any], upload: Upload | None,
                   on_event: Callable[[str], None] | None, answer: Answer | None,
-                  deadline: float, cached: bool) -> tuple[AgentCall, int | None]:
+                  deadline: float) -> tuple[AgentCall, int | None]:
+        """One request and its reply on the session; the exit status if the agent ended."""
+        channel = self._session(deadline)
+        self.requests += 1
+        try:
+            channel.settimeout(deadline)
+            self._send(channel, [frame(request)], upload if answer is None else None)
+
+            def reply(question: dict[str, Any]) -> None:
+                assert answer is not None
+                response, response_upload = answer(question)
+                self._send(channel, [frame(response)], response_upload)
+
+            call, ended = self._read(channel, on_event, reply if answer else None)
+        except TimeoutError:
+            self._end_session()
+            raise UnreachableError(
+                self.host.name, f"timed out: no answer for {deadline:.0f}s during "
+                f"{request['op']} (host hung or overloaded; its state may be mid-step)") from None
+        except BaseException:
+            self._end_session()  # a half-read reply would desynchronise the next request
+            raise
+        status = None
+        if ended:
+            channel.status_event.wait(5)
+            status = channel.exit_status if channel.exit_status_ready() else None
+            self._end_session()
+        elif call.error and call.error.get("ends_session"):
+            self._end_session()  # the agent said it stops serving (time limit, broken stream)
+        return call, status
+
+    def start_agent(self) -> None:
+        """Start the agent session now, so that the host loads it while the controller
+        is busy elsewhere (planning, other hosts); the first request then finds it warm."""
+        self._session(float(self.host.settings["ssh"]["connect_timeout"]))
+
+    def _session(self, deadline: float) -> paramiko.Channel:
+        """The open agent session, or a new one (sent the agent itself first when the
+        host's cache is known to lack it)."""
+        if self._channel is not None and not (self._channel.closed or
+                                              self._channel.exit_status_ready()):
+            return self._channel
+        self._end_session()  # none yet, or it ended while idle (killed on the host)
         if self._conn is None:
             self.open()
         assert self._conn is not None
         transport = self._conn.client.get_transport()
         if transport is None or not transport.is_active():
             raise UnreachableError(self.host.name, "SSH connection lost")
-        self.commands += 1
+        cached = self._agent_cached is not False
         try:
             channel = transport.open_session(timeout=deadline)
-            channel.settimeout(deadline)
             channel.exec_command(self.agent_command(cached))
-            head = b"" if cached else agent_bundle()
-            self._send(channel, [head + frame(request)], upload if answer is None else None,
-                       close=answer is None)
+        except (paramiko.SSHException, OSError) as exc:
+            raise UnreachableError(self.host.name, f"cannot start the agent: {exc}") from None
+        self.commands += 1
+        self._channel, self._buffer = channel, b""
+        if not cached:
+            self._send(channel, [agent_bundle()], None)
+        return channel
 
-            def reply(question: dict[str, Any]) -> None:
-                assert answer is not None
-                response, response_upload = answer(question)
-                self._send(channel, [frame(response)], response_upload, close=True)
-
-            call = self._read(channel, on_event, reply if answer else None)
-            channel.status_event.wait(5)
-            status = channel.exit_status if channel.exit_status_ready() else None
-        except TimeoutError:
-            raise UnreachableError(
-                self.host.name, f"timed out: no answer for {deadline:.0f}s during "
-                f"{request['op']} (host hung or overloaded; its state may be mid-step)") from None
-        finally:
+    def _end_session(self) -> None:
+        """Close the agent's stdin (it exits when idle) and forget the session."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
             with contextlib.suppress(Exception):
+                channel.shutdown_write()
                 channel.close()
-        return call, status
 
-    def _send(self, channel: paramiko.Channel, head: list[bytes], upload: Upload | None,
-              close: bool) -> None:
+    def _send(self, channel: paramiko.Channel, head: list[bytes],
+              upload: Upload | None) -> None:
         try:
             for chunk in head:
                 channel.sendall(chunk)
@@ -349,32 +392,33 @@ class HostConnection:
                 for block in upload():
                     channel.sendall(block)
                     self.bytes_sent += len(block)
-            if close:
-                channel.shutdown_write()
         except OSError:
             pass  # the agent stopped reading (it failed early): its error says why
 
     def _read(self, channel: paramiko.Channel, on_event: Callable[[str], None] | None,
-              reply: Callable[[dict[str, Any]], None] | None) -> AgentCall:
+              reply: Callable[[dict[str, Any]], None] | None) -> tuple[AgentCall, bool]:
+        """Protocol lines up to this request's result or error; True if the agent ended."""
         call = AgentCall(result=None, error=None)
-        buffer = b""
-        while True:
-            data = channel.recv(65536)
-            if not data:
-                break
-            buffer += data
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                question = self._handle_line(line, call, on_event)
-                if question is not None and reply is not None:
-                    reply(question)
-        if buffer.strip():
-            self._handle_line(buffer, call, on_event)
+        ended = False
+        while call.result is None and call.error is None:
+            if b"\n" not in self._buffer:
+                data = channel.recv(65536)
+                if not data:
+                    ended = True
+                    break
+                self._buffer += data
+                continue
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            question = self._handle_line(line, call, on_event)
+            if question is not None and reply is not None:
+                reply(question)
+        if ended and self._buffer.strip():
+            self._handle_line(self._buffer, call, on_event)
         stderr = b""
         while channel.recv_stderr_ready():
             stderr += channel.recv_stderr(65536)
         call.stderr = stderr.decode("utf-8", "replace")
-        return call
+        return call, ended
 
     @staticmethod
     def _handle_line(line: bytes, call: AgentCall,
@@ -402,7 +446,7 @@ class HostConnection:
         if status == 127:
             return f"interpreter {python!r} not found on the host (set 'python' in the inventory)"
         if status == 124:
-            return "remote command hit its time limit (ssh.command_timeout)"
+            return "the agent session hit its time limit (ssh.host_timeout)"
         if status == 1 and "sudo" in stderr:
             return f"sudo refused: {' '.join(tail)}"
         detail = f": {tail[0]}" if tail else ""

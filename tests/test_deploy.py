@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import AppRepo, Cli, current_release, health_releases, release_dirs
 
+from deploytools.inventory import load_inventory
 from deploytools.sandbox import Fleet
+from deploytools.transport import HostConnection, agent_digest
 
 
 def release_ids(fleet: Fleet) -> set[str | None]:
@@ -230,3 +234,43 @@ def test_first_contact_opt_in_records_keys_but_never_accepts_a_changed_one(
     done = cli("check", "--hosts", "prod", "--inventory", str(inventory))
     assert done.returncode == 6
     assert "web1" in done.stderr and "CHANGED" in done.stderr
+
+
+def agent_processes() -> list[int]:
+    """PIDs of running agent interpreters (not their `timeout` wrappers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if agent_digest().encode() in argv and b"python" in argv[0]:
+            found.append(int(entry))
+    return found
+
+
+def test_one_agent_session_serves_a_run_and_a_dead_one_is_replaced(
+        cli: Cli, fleet3: Fleet) -> None:
+    """Every request of a run goes to one agent process per host (one remote command);
+    if that process dies between requests (OOM killer, an admin), the next request
+    starts a new session instead of failing."""
+    host = load_inventory(cli.inventory).hosts["web1"]
+    conn = HostConnection(host)
+    conn.open()
+    try:
+        request = {"op": "releases", "deploy_to": host.deploy_to}
+        first = conn.call(request).result
+        # 1 command (2 when this agent version first meets the host: a retry, inline)
+        commands, requests = conn.commands, conn.requests
+        assert conn.call(request).result == first
+        assert (conn.commands, conn.requests) == (commands, requests + 1)
+        (pid,) = agent_processes()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid in agent_processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # let the channel see the session end
+        assert conn.call(request).result == first
+        assert (conn.commands, conn.requests) == (commands + 1, requests + 2)
+    finally:
+        conn.close()

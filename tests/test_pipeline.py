@@ -61,7 +61,9 @@ def test_json_report_of_a_mixed_run_matches_the_fleet(cli: Cli, fleet3: Fleet,
     for entry in document["hosts"]:
         host = fleet3.host(entry["name"])
         assert entry["release"] == current_release(host.deploy_to) == host.health()["release"]
+        # one connection and one agent session per host: preflight, prepare, activate, finish
         assert entry["transport"]["connections"] == 1
+        assert (entry["transport"]["commands"], entry["transport"]["requests"]) == (1, 4)
     web1 = next(h for h in document["hosts"] if h["name"] == "web1")
     assert web1["programs"][0]["new_pid"] == fleet3.host("web1").health()["pid"]
     assert web1["health"]["ok"] is True and web1["phases"]["prepare"] > 0

@@ -230,6 +230,29 @@ def test_frozen_host_times_out_and_the_rest_stays_consistent(
     rcli("deploy", "--hosts", "prod", check=True)
 
 
+def test_a_step_past_its_time_limit_is_ended_on_the_host(
+        rcli: Cli, fleet4: Fleet, app_repo: AppRepo, tmp_path: Path) -> None:
+    """ssh.command_timeout bounds every step on the host itself: the agent reports the
+    limit, ends the step's processes (the hung hook too), and the host's next step
+    (history and unlock) runs in a fresh agent session."""
+    before = health_releases(fleet4)
+    inventory = variant(rcli, tmp_path, hosts={"web3": {"hooks": {"before_switch": [
+        {"run": "sleep 47", "timeout": 600}]}}})
+    data = yaml.safe_load(inventory.read_text())
+    data["ssh"]["command_timeout"] = 3
+    inventory.write_text(yaml.safe_dump(data))
+    app_repo.commit("slow hook")
+    done = rcli("deploy", "--hosts", "prod", "--inventory", str(inventory))
+    assert done.returncode == 3, done.stdout
+    assert "[web3]" in done.stdout and "hit its time limit (ssh.command_timeout)" in done.stdout
+    assert "timed out" not in done.stdout  # the host answered; it was not lost
+    assert health_releases(fleet4) == before  # before_switch failed: nobody switched
+    assert_consistent(fleet4)
+    assert no_locks(fleet4), done.stdout
+    hung = subprocess.run(["pgrep", "-f", "sleep 47"], capture_output=True, text=True)
+    assert hung.stdout == "", "the hook outlived its step"
+
+
 def test_disk_full_during_prepare(rcli: Cli, fleet4: Fleet, app_repo: AppRepo) -> None:
     web4 = fleet4.host("web4")
     before = health_releases(fleet4)

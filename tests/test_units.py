@@ -186,6 +186,6 @@ def test_remote_command_is_quoted() -> None:
     command = HostConnection(inv.hosts["h"]).agent_command(cached=False)
     assert command.startswith("sudo -n timeout ")
     argv = shlex.split(command)
-    assert argv[argv.index("-c") - 1] == "/opt/py thon/bin/python3"
+    assert argv[argv.index("-c") - 2:argv.index("-c")] == ["/opt/py thon/bin/python3", "-S"]
     assert argv[argv.index("-c") + 1] == BOOTSTRAP
     assert argv[-1] == "inline"

@@ -1,12 +1,14 @@
-"""The remote agent: one JSON request in, progress events and one JSON result out.
+"""The remote agent: JSON requests in, progress events and one JSON result each out.
 
-Shipped over SSH on every call and run by the host's own Python (stdlib only,
-3.8+), so that a multi-step phase (preflight + lock, or switch + restart + health
-check + rollback) costs one round trip, and so that bytecode is judged by the
-interpreter that will import it. The protocol on stdin, after the bootstrap has
-loaded the modules, is ``<length>\\n<json request>`` followed by the artifact
-stream for `prepare`. On stdout every line is JSON: ``{"event": "..."}`` for
-progress, then exactly one ``{"result": ...}`` or ``{"error": ..., "kind": ...}``.
+Run by the host's own Python (stdlib only, 3.8+), once per host and run (a session
+serving every request in order), so that a multi-step phase (preflight + lock, or
+switch + restart + health check + rollback) costs one round trip on a warm process,
+and so that bytecode is judged by the interpreter that will import it. The protocol
+on stdin, after the bootstrap has loaded the modules, is a sequence of
+``<length>\\n<zlib json request>`` frames, `prepare`'s followed by the artifact
+stream once the controller has answered its question. On stdout every line is JSON:
+``{"event": "..."}`` for progress, an optional ``{"ask": ...}``, then exactly one
+``{"result": ...}`` or ``{"error": ..., "kind": ...}`` per request.
 """
 
 from __future__ import annotations
@@ -15,25 +17,19 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
 import sys
-import tarfile
 import time
-import traceback
 import zlib
 from typing import Any, BinaryIO, Callable, Dict, List, Optional
 
 from deploytools.remote import build, bytecode, health, hooks, verify
 from deploytools.remote.health import expand_placeholders
 from deploytools.remote.releases import MANIFEST, META_DIR, Layout
-from deploytools.remote.supervisor import (
-    STOPPED_STATES,
-    Supervisor,
-    SupervisorError,
-    process_facts,
-)
+from deploytools.remote.supervisor import Supervisor, SupervisorError, process_facts
 
 
 class AgentError(Exception):
@@ -342,8 +338,11 @@ def run_hooks_or_fail(layout: Layout, point: str, release_id: str,
 
 def extract(stream: BinaryIO, size: int, dest: str) -> "tuple[int, int]":
     """Unpack exactly `size` bytes of tar from the stream into dest."""
+    import tarfile  # here, not at the top: sessions that send nothing skip its import
+
     reader = _Limited(stream, size)
     count = total = 0
+    tar_filter = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
     try:
         with tarfile.open(fileobj=reader, mode="r|*") as archive:
             for member in archive:
@@ -351,7 +350,7 @@ def extract(stream: BinaryIO, size: int, dest: str) -> "tuple[int, int]":
                     raise AgentError("unsafe path in artifact: %r" % member.name)
                 if not (member.isfile() or member.isdir() or member.issym()):
                     continue
-                archive.extract(member, dest, set_attrs=True, **_tar_filter())
+                archive.extract(member, dest, set_attrs=True, **tar_filter)
                 if member.isfile():
                     count += 1
                     total += member.size
@@ -363,10 +362,6 @@ def extract(stream: BinaryIO, size: int, dest: str) -> "tuple[int, int]":
     if reader.remaining:
         raise AgentError("artifact stream ended early (%d bytes missing)" % reader.remaining)
     return count, total
-
-
-def _tar_filter() -> Dict[str, Any]:
-    return {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
 
 
 class _Limited:
@@ -526,19 +521,13 @@ def restart(layout: Layout, req: Dict[str, Any]) -> List[Dict[str, Any]]:
     sup_settings = req["supervisor"]
     sup = Supervisor(sup_settings, timeout=float(sup_settings.get("stop_timeout") or 60) + 5)
     names = sup.expand(list(req["programs"]))
-    rows = []
-    for name in names:
-        before = sup.info(name)
-        rows.append({"name": name, "old_pid": before.get("pid") or None})
-        sup.stop(name)
-        sup.wait_state(name, STOPPED_STATES,
-                       float(sup_settings.get("stop_timeout") or 60))
+    rows = [{"name": name, "old_pid": sup.info(name).get("pid") or None} for name in names]
+    sup.stop_all(names, float(sup_settings.get("stop_timeout") or 60))
     event("stopped %s" % ", ".join(names))
     release_dir = os.path.realpath(layout.current)
+    infos = sup.start_all(names, float(sup_settings.get("start_timeout") or 60))
     for row in rows:
-        sup.start(row["name"])
-        info = sup.wait_state(row["name"], ("RUNNING",),
-                              float(sup_settings.get("start_timeout") or 60))
+        info = infos[row["name"]]
         facts = process_facts(info["pid"])
         row.update(new_pid=info["pid"], started_at=facts["started_at"], cwd=facts["cwd"])
         if facts["cwd"] and not (facts["cwd"] + "/").startswith(release_dir + "/"):
@@ -654,27 +643,63 @@ OPS: Dict[str, Callable[[Dict[str, Any], BinaryIO], Dict[str, Any]]] = {
 }
 
 
-def read_frame(stream: BinaryIO) -> Dict[str, Any]:
-    """One compressed JSON frame from the controller (see transport.frame)."""
-    length = int(stream.readline())
+def read_frame(stream: BinaryIO) -> Optional[Dict[str, Any]]:
+    """One compressed JSON frame from the controller (see transport.frame); None at EOF."""
+    header = stream.readline()
+    if not header:
+        return None
+    length = int(header)
     return json.loads(zlib.decompress(stream.read(length)).decode())
 
 
 def ask(question: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     """Ask the controller mid-call (it answers on stdin, the upload following)."""
     emit("ask", question)
-    return read_frame(stream)
+    answer = read_frame(stream)
+    if answer is None:
+        raise AgentError("the controller went away before answering")
+    return answer
 
 
-def main() -> None:
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the SSH session may end before we do
-    stream = sys.stdin.buffer
-    req = read_frame(stream)
+def time_limit_hit(signum: int, frame: Any) -> None:
+    """A request ran past its limit (ssh.command_timeout): report it, then end this
+    session's processes (hooks included), as `timeout` would for a single command."""
+    emit("error", {"message": "remote step hit its time limit (ssh.command_timeout)",
+                   "kind": "timeout", "ends_session": True})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.killpg(os.getpgrp(), signal.SIGTERM)
+
+
+def serve(req: Dict[str, Any], stream: BinaryIO) -> bool:
+    """Answer one request; False when the session must end after it: a failed request
+    that streamed data may have left part of it unread (the error says so)."""
+    ends = bool(req.get("streams"))
     try:
         op = OPS[req["op"]]
         emit("result", op(req, stream))
+        return True
     except AgentError as exc:
-        emit("error", {"message": str(exc), "kind": exc.kind})
+        emit("error", {"message": str(exc), "kind": exc.kind, "ends_session": ends})
     except Exception as exc:
+        import traceback
+
         emit("error", {"message": "%s: %s" % (type(exc).__name__, exc), "kind": "internal",
-                       "traceback": traceback.format_exc()})
+                       "traceback": traceback.format_exc(), "ends_session": ends})
+    return not ends
+
+
+def main() -> None:
+    """Serve requests until the controller closes stdin (the end of its run), or until
+    a request ends the session (the controller starts a new one if it needs to)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the SSH session may end before we do
+    signal.signal(signal.SIGALRM, time_limit_hit)
+    stream = sys.stdin.buffer
+    while True:
+        req = read_frame(stream)
+        if req is None:
+            return
+        signal.alarm(int(math.ceil(float(req.get("time_limit") or 0))))
+        go_on = serve(req, stream)
+        signal.alarm(0)
+        if not go_on:
+            return

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.util
 import marshal
-import multiprocessing
 import operator
 import os
 import py_compile
@@ -30,7 +29,6 @@ import sys
 import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Literal, NamedTuple
 
 __all__ = [
@@ -613,6 +611,9 @@ def _compile_parallel(
     Per-file failures are caught inside ``_compile_chunk``, so an exception here can only be
     infrastructure (pickling, a killed worker): the caller redoes the missing chunks serially.
     """
+    import multiprocessing  # here: most agent sessions never compile in parallel
+    from concurrent.futures import ProcessPoolExecutor
+
     try:
         context = multiprocessing.get_context("fork")
     except ValueError:  # Windows has no fork

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from typing import Any, Dict, Optional
 
 
@@ -65,6 +63,9 @@ def evaluate(status: int, body: bytes, spec: Dict[str, Any]) -> Optional[str]:
 
 def check(spec: Dict[str, Any], deadline_seconds: Optional[float] = None) -> Dict[str, Any]:
     """Poll the URL until healthy or the deadline passes; the last attempt explains failures."""
+    import urllib.error  # here: urllib costs more to import than a session without a
+    import urllib.request  # health check spends on anything else
+
     url = spec["url"]
     timeout = float(spec.get("timeout") or 30)
     interval = float(spec.get("interval") or 1)

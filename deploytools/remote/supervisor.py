@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 RUNNING = "RUNNING"
 STOPPED_STATES = ("STOPPED", "EXITED", "FATAL")
+START_FAILED_STATES = ("BACKOFF", "STOPPED", "EXITED", "FATAL")  # left STARTING, not RUNNING
 DEFAULT_CONFS = ("/etc/supervisor/supervisord.conf", "/etc/supervisord.conf",
                  "/etc/supervisor/supervisor.conf")
 
@@ -155,31 +156,48 @@ class Supervisor:
     def info(self, name: str) -> Dict[str, Any]:
         return self.call("getProcessInfo", name)
 
-    def stop(self, name: str) -> None:
-        try:
-            self.call("stopProcess", name, True)
-        except xmlrpc.client.Fault as fault:
-            if "NOT_RUNNING" not in fault.faultString:
-                raise SupervisorError("stop %s failed: %s" % (name, fault.faultString)) from None
+    def stop_all(self, names: List[str], timeout: float) -> None:
+        """Ask every process to stop, then wait for all of them at once (programs with
+        long stopwaitsecs stop side by side, not one after the other)."""
+        for name in names:
+            try:
+                self.call("stopProcess", name, False)
+            except xmlrpc.client.Fault as fault:
+                if "NOT_RUNNING" not in fault.faultString:
+                    raise SupervisorError("stop %s failed: %s"
+                                          % (name, fault.faultString)) from None
+        self.wait_states(names, STOPPED_STATES, timeout)
 
-    def start(self, name: str) -> None:
-        """Start and wait until supervisord calls it RUNNING (after its startsecs)."""
-        try:
-            self.call("startProcess", name, True)
-        except xmlrpc.client.Fault as fault:
-            if "ALREADY_STARTED" in fault.faultString:
-                return
-            raise SupervisorError(self.failure_reason(name, fault.faultString)) from None
+    def start_all(self, names: List[str], timeout: float) -> Dict[str, Dict[str, Any]]:
+        """Start every process, then wait until supervisord calls each RUNNING (after its
+        startsecs); a process that dies while starting fails at once."""
+        for name in names:
+            try:
+                self.call("startProcess", name, False)
+            except xmlrpc.client.Fault as fault:
+                if "ALREADY_STARTED" not in fault.faultString:
+                    raise SupervisorError(self.failure_reason(name, fault.faultString)) from None
+        return self.wait_states(names, (RUNNING,), timeout, failed=START_FAILED_STATES)
 
-    def wait_state(self, name: str, states: Tuple[str, ...], timeout: float) -> Dict[str, Any]:
+    def wait_states(self, names: List[str], states: Tuple[str, ...], timeout: float,
+                    failed: Tuple[str, ...] = ()) -> Dict[str, Dict[str, Any]]:
+        """Poll (one call for all) until every process is in one of `states`; one in a
+        `failed` state is an error. We poll rather than use supervisord's `wait=True`:
+        supervisord notices that startsecs have passed only when its main loop wakes, up
+        to a second late, and each poll wakes it."""
         deadline = time.time() + timeout
         while True:
-            info = self.info(name)
-            if info["statename"] in states:
-                return info
+            infos = {"%s:%s" % (i["group"], i["name"]): i for i in self.all_info()}
+            pending = [n for n in names if infos[n]["statename"] not in states]
+            if not pending:
+                return {n: infos[n] for n in names}
+            for name in pending:
+                if infos[name]["statename"] in failed:
+                    raise SupervisorError(self.failure_reason(name))
             if time.time() >= deadline:
+                info = infos[pending[0]]
                 raise SupervisorError("%s is %s after %.0fs (wanted %s)%s" % (
-                    name, info["statename"], timeout, "/".join(states), self._why(info)))
+                    pending[0], info["statename"], timeout, "/".join(states), self._why(info)))
             time.sleep(0.05)
 
     def failure_reason(self, name: str, fault: str = "") -> str:
