@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from deploytools import __version__
+from deploytools import __version__, gitsource
 from deploytools.errors import ConfigError
 from deploytools.remote import bytecode
 
@@ -52,6 +52,9 @@ class Artifact:
     size: int  # bytes of file content (uncompressed): for disk estimates and display
     manifest: dict[str, Any]
     members: dict[str, _Member] = field(default_factory=dict, repr=False)
+    # reads members the build did not (git: `git archive` of these paths, or all)
+    fetch: Callable[[list[str] | None], list[_Member]] | None = field(default=None, repr=False)
+    _member_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _pyc_cache: dict[str, bytes] = field(default_factory=dict, repr=False)
     _compile_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _source_tree: str | None = field(default=None, repr=False)
@@ -79,8 +82,7 @@ class Artifact:
         with self._archive_lock:
             if key not in self._archives:
                 out = tempfile.TemporaryFile(prefix="deploytools-delta-")  # noqa: SIM115
-                members = [self.members[p] for p in (sorted(self.members) if paths is None
-                                                     else sorted(paths))]
+                members = self._members(paths)
                 for path, data in sorted((extra or {}).items()):
                     info = tarfile.TarInfo(path)
                     info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
@@ -140,10 +142,28 @@ class Artifact:
         for path in sources:
             target = Path(self._source_tree, path)
             if not target.exists():
-                info, body = self.members[path]
+                info, body = self._members([path])[0]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(body or b"")
         return self._source_tree
+
+    def _members(self, paths: list[str] | None) -> list[_Member]:
+        """These files' tar members (all, directories too, when None), read from the
+        source on first use; what is read must match the manifest."""
+        with self._member_lock:
+            wanted = sorted(self.files) if paths is None else sorted(paths)
+            missing = [p for p in wanted if p not in self.members]
+            if missing and self.fetch is not None:
+                whole = paths is None or len(missing) > len(self.files) // 2
+                for info, body in self.fetch(None if whole else missing):
+                    if info.name in self.files and \
+                            gitsource.digest_of((info, body)) != self.files[info.name]:
+                        raise ConfigError(f"{info.name} read from {self.source} does not match "
+                                          f"the planned manifest; remove {CACHE_DIR}/digests "
+                                          "and retry")
+                    self.members.setdefault(info.name, (info, body))
+            return [self.members[p] for p in (sorted(self.members) if paths is None
+                                              else wanted)]
 
     def avoid_ids(self, taken: set[str]) -> None:
         """Give the release a fresh id if a host already has one by this name (the same
@@ -202,11 +222,7 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         revision = resolve_revision(source, ref, repo)
         if not revision:
             raise ConfigError(f"ref {ref!r} not found in {source['repo']}")
-        archive = subprocess.run(["git", "-C", repo, "archive", "--format=tar", revision],
-                                 capture_output=True, check=False)
-        if archive.returncode:
-            raise ConfigError(f"git archive failed: {archive.stderr.decode().strip()}")
-        members = _from_tar(archive.stdout, patterns)
+        files, size, members, fetch = _from_git(repo, revision, patterns)
         release_id = make_release_id(now, revision)
         origin = source["repo"]
     elif source.get("path"):
@@ -214,14 +230,15 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         if not root.is_dir():
             raise ConfigError(f"source.path {root} is not a directory")
         members = _from_directory(root, patterns)
+        files = _hash_members(members)
+        size = sum(len(body) for _, body in members if body is not None)
+        fetch = None
         revision = None
         release_id = make_release_id(now, None)
         origin = str(root)
         ref = None
     else:
         raise ConfigError("no source: set source.repo or source.path in the inventory")
-    files = _hash_members(members)
-    size = sum(len(body) for _, body in members if body is not None)
     if revision is None:
         revision = "sha256:" + files_digest(files)
     manifest = {
@@ -235,7 +252,7 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         "files": files,
     }
     return Artifact(release_id, revision, ref, origin, size, manifest,
-                    members={info.name: (info, body) for info, body in members})
+                    members={info.name: (info, body) for info, body in members}, fetch=fetch)
 
 
 # --------------------------------------------------------------------------- sources
@@ -269,17 +286,29 @@ def _local_repo(repo: str) -> str:
     return str(mirror)
 
 
-def _from_tar(data: bytes, patterns: tuple[str, ...]) -> list[_Member]:
-    members: list[_Member] = []
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
-        for info in archive:
-            name = info.name.rstrip("/")
-            if name in ("", "pax_global_header") or excluded(name, patterns):
-                continue
-            info.name = name
-            body = archive.extractfile(info).read() if info.isfile() else None
-            members.append((info, body))
-    return members
+def _from_git(repo: str, revision: str, patterns: tuple[str, ...]
+              ) -> tuple[dict[str, str], int, list[_Member], Callable[..., list[_Member]]]:
+    """(manifest files, size, members read so far, reader of the others) for a commit.
+
+    Digests known from earlier runs are reused (see gitsource); only unknown files are
+    read now, or the whole tree when most are unknown (a first deploy).
+    """
+    tree = gitsource.list_tree(repo, revision)
+    memory = gitsource.DigestMemory(CACHE_DIR, tree)
+    digests, unknown = memory.lookup()
+    whole = len(unknown) > max(50, len(tree.listing) // 4)
+    read = gitsource.archive(tree, None if whole else unknown) if unknown else []
+    digests.update(dict.fromkeys(unknown))  # None: git archive leaves the path out
+    digests.update({info.name: gitsource.digest_of((info, body)) for info, body in read})
+    memory.save(digests)
+    files = {path: digest for path, digest in sorted(digests.items())
+             if digest is not None and not excluded(path, patterns)}
+    size = sum(tree.listing[path][1] for path in files if path in tree.listing)
+
+    def fetch(paths: list[str] | None) -> list[_Member]:
+        return [m for m in gitsource.archive(tree, paths) if not excluded(m[0].name, patterns)]
+
+    return files, size, [m for m in read if not excluded(m[0].name, patterns)], fetch
 
 
 def _from_directory(root: Path, patterns: tuple[str, ...]) -> list[_Member]:

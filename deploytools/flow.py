@@ -496,6 +496,7 @@ def finish(runs: list[HostRun], console: Console, action: str, run_id: str,
             "deploy_to": run.host.deploy_to,
             "lock_token": run.lock_token,
             "history": history_entry(run, action, run_id),
+            "record_intact": action == "deploy",  # the next deploy's base, in the background
         }
         if run.state == HEALTHY:
             request["keep_releases"] = run.host.settings["keep_releases"]

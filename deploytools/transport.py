@@ -38,7 +38,7 @@ from deploytools.errors import RemoteError, UnreachableError
 from deploytools.inventory import Host
 
 REMOTE_MODULES = (
-    "bytecode", "health", "releases", "supervisor", "hooks", "build", "verify", "agent",
+    "bytecode", "health", "releases", "intact", "supervisor", "hooks", "build", "verify", "agent",
 )
 CHUNK = 256 * 1024
 

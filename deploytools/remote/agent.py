@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional
 
 from deploytools.remote import build, bytecode, health, hooks, verify
 from deploytools.remote.health import expand_placeholders
+from deploytools.remote.intact import intact_files, record_intact
 from deploytools.remote.releases import MANIFEST, META_DIR, Layout
 from deploytools.remote.supervisor import Supervisor, SupervisorError, process_facts
 
@@ -287,26 +288,6 @@ def choose_base(layout: Layout) -> Optional[str]:
     return good[-1] if good else None
 
 
-def intact_files(layout: Layout, release_id: str) -> Dict[str, str]:
-    """Files of a release whose content still matches its manifest (edited ones are not
-    reused: a hotfix made in place must not leak into the next release)."""
-    manifest = layout.manifest(release_id) or {}
-    root = layout.release(release_id)
-    shared = manifest.get("shared_paths") or []
-    intact = {}
-    for rel, digest in (manifest.get("files") or {}).items():
-        if digest.startswith("symlink:") or any(rel == p or rel.startswith(p + "/")
-                                                 for p in shared):
-            continue
-        path = os.path.join(root, rel)
-        try:
-            if not os.path.islink(path) and verify.sha256(path) == digest:
-                intact[rel] = digest
-        except OSError:
-            continue
-    return intact
-
-
 def link_unchanged(base_dir: str, dest: str, paths: "set[str]") -> int:
     """Hard-link every unchanged file from the base release into the new one."""
     made = set()
@@ -537,7 +518,12 @@ def restart(layout: Layout, req: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def op_finish(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
-    """Write the history line, remove old releases, release the lock: the end of every run."""
+    """Write the history line, remove old releases, release the lock: the end of every run.
+
+    What nothing waits for happens afterwards, in the background: deleting the removed
+    releases' files and (`record_intact`, after a deploy) recording which files of the
+    current release are intact, so that the next deploy need not hash them all.
+    """
     layout = Layout(req["deploy_to"])
     result: Dict[str, Any] = {}
     if req.get("history"):
@@ -556,7 +542,34 @@ def op_finish(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
         shutil.rmtree(layout.partial(discard), ignore_errors=True)
         shutil.rmtree(layout.release(discard), ignore_errors=True)
         result["discarded"] = discard
+    current = layout.current_id() if req.get("record_intact") else None
+    if current or layout.has_trash():
+        in_background(lambda: tidy_up(layout, current))
     return result
+
+
+def tidy_up(layout: Layout, record_release: Optional[str]) -> None:
+    layout.empty_trash()
+    if record_release:
+        record_intact(layout, record_release)
+
+
+def in_background(work: Callable[[], None]) -> None:
+    """Run `work` in a detached grandchild that outlives the session: the controller
+    never waits for it, and a time limit or a closed channel does not stop it."""
+    if os.fork():
+        os.wait()
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        work()
+    finally:
+        os._exit(0)
 
 
 def op_unlock(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:

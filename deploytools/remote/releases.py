@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -189,27 +187,31 @@ class Layout:
         for name in os.listdir(self.releases):
             if name.startswith(PARTIAL_PREFIX) and not self.lock_owner_matches_partial(name):
                 self.discard(os.path.join(self.releases, name))
-        self.empty_trash()
         return removed
 
     def discard(self, path: str) -> None:
         """Take a directory out of the layout at once (rename into the trash); its files
-        are deleted by empty_trash, off the deploy's critical path."""
+        are deleted by empty_trash, off the deploy's critical path (in the background)."""
         if os.path.lexists(path):
             trash = os.path.join(self.releases, "%s%s-%d" % (
                 TRASH_PREFIX, os.path.basename(path).lstrip("."), os.getpid()))
             os.rename(path, trash)
 
+    def trash(self) -> List[str]:
+        try:
+            return [os.path.join(self.releases, n) for n in os.listdir(self.releases)
+                    if n.startswith(TRASH_PREFIX)]
+        except OSError:
+            return []
+
+    def has_trash(self) -> bool:
+        return bool(self.trash())
+
     def empty_trash(self) -> None:
-        """Delete trashed directories in a detached process: thousands of files take a
-        while, and nothing waits for them (a later cleanup finishes any leftovers)."""
-        trash = [os.path.join(self.releases, n) for n in os.listdir(self.releases)
-                 if n.startswith(TRASH_PREFIX)]
-        if trash:
-            code = "import shutil, sys\nfor p in sys.argv[1:]: shutil.rmtree(p, True)"
-            subprocess.Popen([sys.executable, "-c", code] + trash, start_new_session=True,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, close_fds=True)
+        """Delete trashed directories (thousands of files take a while: the agent runs
+        this in the background; a later run finishes any leftovers)."""
+        for path in self.trash():
+            shutil.rmtree(path, ignore_errors=True)
 
     def lock_owner_matches_partial(self, name: str) -> bool:
         """A partial dir belongs to the run holding the lock: never sweep it from under it."""

@@ -6,13 +6,13 @@ looked at, what was found, and what would fix it. Nothing here writes to the hos
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from typing import Any, Dict, List, Optional
 
 from deploytools.remote import bytecode, health
+from deploytools.remote.intact import sha256
 from deploytools.remote.releases import META_DIR, Layout
 from deploytools.remote.supervisor import Supervisor, children_of, process_facts
 
@@ -154,14 +154,6 @@ def python_files(root: str, skip: "set[str]") -> List[str]:
                        and d not in ("__pycache__", META_DIR) and rel_dir + d not in skip]
         out.extend(rel_dir + f for f in filenames if f.endswith(".py"))
     return out
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_bytecode(release_dir: str, manifest: Dict[str, Any]) -> Dict[str, Any]:

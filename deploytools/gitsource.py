@@ -1,0 +1,158 @@
+"""A git revision's files for the plan step, without reading the whole tree each run.
+
+`git archive` is the truth about what a revision ships: it applies export-ignore,
+export-subst and end-of-line attributes. But reading and hashing its whole output is
+most of a redeploy's planning. `git ls-tree` lists every file with its blob id in one
+quick call, and a blob at a path archives to the same bytes as long as the attribute
+files and git settings are the same. So the sha256 of each (blob, path) is remembered
+between runs under a fingerprint of those; the manifest of a revision that differs by
+one module needs one file read, and bodies come from `git archive` only for the paths
+something needs (a host lacks them, or they are to be compiled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploytools.errors import ConfigError
+
+Member = tuple[tarfile.TarInfo, bytes | None]
+PATHS_PER_CALL = 200  # pathspecs per `git archive` command line
+
+
+@dataclass
+class GitTree:
+    """One revision's file listing: path -> (blob id, size), and its attributes'
+    fingerprint (what else decides the archived bytes)."""
+
+    repo: str
+    revision: str
+    listing: dict[str, tuple[str, int]]
+    fingerprint: str
+
+
+def list_tree(repo: str, revision: str) -> GitTree:
+    listing: dict[str, tuple[str, int]] = {}
+    attributes = []
+    for record in _git(repo, "ls-tree", "-r", "-z", "-l", "--full-tree", revision).split(b"\0"):
+        if not record:
+            continue
+        meta, _, raw_path = record.partition(b"\t")
+        _, kind, blob, size = meta.split()
+        if kind != b"blob":
+            continue  # a submodule: git archive leaves it out too
+        path = raw_path.decode("utf-8", "surrogateescape")
+        listing[path] = (blob.decode(), int(size) if size.isdigit() else 0)
+        if path.rpartition("/")[2] == ".gitattributes":
+            attributes.append(f"{path} {blob.decode()}")
+    return GitTree(repo, revision, listing, _fingerprint(repo, revision, attributes))
+
+
+def _fingerprint(repo: str, revision: str, attributes: list[str]) -> str:
+    """Attribute files (in the tree, the repository's, the user's) and git's settings:
+    any change to these may change archived bytes, so the memory starts over.
+    export-subst makes bytes depend on the commit itself: then nothing carries over."""
+    git_dir = _git(repo, "rev-parse", "--absolute-git-dir").decode().strip()
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    texts = [_git(repo, "cat-file", "blob", entry.rpartition(" ")[2]) for entry in attributes]
+    for path in (os.path.join(git_dir, "info", "attributes"),
+                 os.path.join(xdg, "git", "attributes")):
+        try:
+            texts.append(Path(path).read_bytes())
+        except OSError:
+            texts.append(b"-")
+    texts.append(_git(repo, "config", "--list", "--includes", check=False))
+    if any(b"export-subst" in text for text in texts):
+        texts.append(revision.encode())
+    digest = hashlib.sha256()
+    for text in [*sorted(attributes), *texts]:
+        digest.update(hashlib.sha256(text if isinstance(text, bytes) else text.encode()).digest())
+    return digest.hexdigest()
+
+
+def archive(tree: GitTree, paths: list[str] | None = None) -> list[Member]:
+    """`git archive` members of these paths (all when None), parsed in memory."""
+    if paths is None:
+        return _parse(_git(tree.repo, "archive", "--format=tar", tree.revision))
+    members: list[Member] = []
+    for start in range(0, len(paths), PATHS_PER_CALL):
+        specs = [":(literal)" + p for p in paths[start:start + PATHS_PER_CALL]]
+        members += _parse(_git(tree.repo, "archive", "--format=tar", tree.revision, "--",
+                               *specs))
+    return [m for m in members if not m[0].isdir()]
+
+
+def _parse(data: bytes) -> list[Member]:
+    members: list[Member] = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for info in tar:
+            name = info.name.rstrip("/")
+            if name in ("", "pax_global_header"):
+                continue
+            info.name = name
+            body = tar.extractfile(info).read() if info.isfile() else None  # type: ignore[union-attr]
+            members.append((info, body))
+    return members
+
+
+def digest_of(member: Member) -> str | None:
+    """The manifest's entry: sha256 of a file, `symlink:<target>` for a link."""
+    info, body = member
+    if info.isfile() and body is not None:
+        return hashlib.sha256(body).hexdigest()
+    if info.issym():
+        return "symlink:" + info.linkname
+    return None
+
+
+class DigestMemory:
+    """sha256 per (blob, path) from earlier runs, valid under one fingerprint; saved
+    for the latest tree only, so it never grows beyond one revision's files."""
+
+    def __init__(self, cache_dir: Path, tree: GitTree) -> None:
+        key = hashlib.sha256(os.path.realpath(tree.repo).encode()).hexdigest()[:16]
+        self.path = cache_dir / "digests" / f"{key}.json"
+        self.tree = tree
+        try:
+            document = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            document = {}
+        same = isinstance(document, dict) and document.get("fingerprint") == tree.fingerprint
+        self.known: dict[str, str | None] = document.get("files", {}) if same else {}
+
+    def lookup(self) -> tuple[dict[str, str | None], list[str]]:
+        """(path -> digest, or None when git archive leaves it out), and unknown paths."""
+        found: dict[str, str | None] = {}
+        unknown = []
+        for path, (blob, _) in self.tree.listing.items():
+            key = f"{blob} {path}"
+            if key in self.known:
+                found[path] = self.known[key]
+            else:
+                unknown.append(path)
+        return found, unknown
+
+    def save(self, digests: dict[str, str | None]) -> None:
+        files = {f"{self.tree.listing[p][0]} {p}": d for p, d in digests.items()
+                 if p in self.tree.listing}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"fingerprint": self.tree.fingerprint, "files": files}))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a cache: the next run reads the archive again
+
+
+def _git(repo: str, *args: str, check: bool = True) -> bytes:
+    done = subprocess.run(["git", "-C", repo, *args], capture_output=True, check=False)
+    if check and done.returncode:
+        raise ConfigError(f"git {args[0]} failed: {done.stderr.decode().strip()}")
+    return done.stdout

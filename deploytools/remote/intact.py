@@ -1,0 +1,135 @@
+"""Which files of a release still hold what was shipped, without rereading them all.
+
+A deploy starts its new release from the files of the previous one that are intact:
+an in-place hotfix must never leak into the next release. Hashing every file proves
+that, at the cost of reading the whole app on every deploy. So after a deploy, in the
+background, the current release is hashed once and each verified file's inode, size,
+mtime and *ctime* are recorded. The next deploy trusts a file whose stat still
+matches the record and hashes only the rest.
+
+ctime is the anchor: no system call lets a user set it, and every write, chmod or
+link-count change moves it, so an edit that restores mtime and size (`cp -p`, `touch
+-r`, `rsync -t --inplace`) is still seen. The record is taken only once the clock has
+moved a timestamp tick past each file's last change, so that a later edit can never
+carry the same ctime. Links and cleanups change ctimes too: those files are simply
+hashed again. `inv verify` never uses the record; it always hashes.
+
+The record lives outside deploy_to, in the SSH user's cache (one file per deploy_to,
+for its current release), so that nothing under deploy_to changes behind a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from deploytools.remote.releases import Layout
+
+FINE_TICK = 0.05  # seconds: ctime resolution on filesystems with sub-second timestamps
+COARSE_TICK = 1.05  # ... and on those with whole seconds only
+
+
+def intact_files(layout: Layout, release_id: str) -> Dict[str, str]:
+    """The release's regular files whose content matches its manifest (path -> sha256)."""
+    record = read_record(layout, release_id)
+    intact = {}
+    for rel, digest, path, info in _shipped_files(layout, release_id):
+        if record.get(rel) == [digest] + stat_key(info) or sha256(path) == digest:
+            intact[rel] = digest
+    return intact
+
+
+def record_intact(layout: Layout, release_id: str) -> int:
+    """Hash the release's files and record the stat of every intact one (run in the
+    background after a deploy). Returns how many files were recorded."""
+    files = list(_shipped_files(layout, release_id))
+    newest = max((info.st_ctime_ns for _, _, _, info in files), default=0)
+    coarse = all(info.st_ctime_ns % 1_000_000_000 == 0 for _, _, _, info in files)
+    wait = newest / 1e9 + (COARSE_TICK if coarse else FINE_TICK) - time.time()
+    if wait > 0:
+        time.sleep(min(wait, COARSE_TICK))
+    record: Dict[str, List[Any]] = {}
+    for rel, digest, path, _ in files:
+        try:
+            info = os.lstat(path)  # before reading: an edit after this shows a newer ctime
+            if stat.S_ISREG(info.st_mode) and sha256(path) == digest:
+                record[rel] = [digest] + stat_key(info)
+        except OSError:
+            continue
+    write_record(layout, release_id, record)
+    return len(record)
+
+
+def stat_key(info: os.stat_result) -> List[int]:
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _shipped_files(layout: Layout,
+                   release_id: str) -> Iterator[Tuple[str, str, str, os.stat_result]]:
+    """(path in release, sha256, full path, lstat) of the manifest's regular files that
+    are the release's own (not links into shared/)."""
+    manifest = layout.manifest(release_id) or {}
+    root = layout.release(release_id)
+    shared = tuple(manifest.get("shared_paths") or [])
+    for rel, digest in (manifest.get("files") or {}).items():
+        if digest.startswith("symlink:") or any(rel == p or rel.startswith(p + "/")
+                                                 for p in shared):
+            continue
+        path = os.path.join(root, rel)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            yield rel, digest, path, info
+
+
+def record_dirs() -> Tuple[str, str]:
+    """Where records live: the SSH user's cache, else a private dir under /tmp."""
+    return (os.path.expanduser("~/.cache/deploytools/intact"),
+            "/tmp/deploytools-%d/intact" % os.getuid())
+
+
+def _record_path(layout: Layout, folder: str) -> str:
+    key = hashlib.sha256(os.path.realpath(layout.deploy_to).encode()).hexdigest()[:24]
+    return os.path.join(folder, key + ".json")
+
+
+def read_record(layout: Layout, release_id: str) -> Dict[str, List[Any]]:
+    for folder in record_dirs():
+        try:
+            with open(_record_path(layout, folder)) as fh:
+                document = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        if isinstance(document, dict) and document.get("release") == release_id:
+            return document.get("files") or {}
+    return {}
+
+
+def write_record(layout: Layout, release_id: str, files: Dict[str, List[Any]]) -> Optional[str]:
+    text = json.dumps({"release": release_id, "deploy_to": layout.deploy_to, "files": files})
+    for folder in record_dirs():
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            path = _record_path(layout, folder)
+            tmp = "%s.%d" % (path, os.getpid())
+            with open(tmp, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+            return path
+        except OSError:
+            continue
+    return None
