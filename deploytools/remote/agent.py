@@ -556,12 +556,18 @@ def tidy_up(layout: Layout, record_release: Optional[str]) -> None:
 
 def in_background(work: Callable[[], None]) -> None:
     """Run `work` in a detached grandchild that outlives the session: the controller
-    never waits for it, and a time limit or a closed channel does not stop it."""
+    never waits for it, and a time limit or a closed channel does not stop it. It runs
+    at the lowest CPU priority: housekeeping must not slow the app that just started.
+    (With autogroup scheduling a new session is a group of its own, weighed like any
+    other whatever its nice value, so the group's own nice is lowered too.)"""
     if os.fork():
         os.wait()
         return
     try:
         os.setsid()
+        os.nice(19)
+        with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as group:
+            group.write("19")
         if os.fork():
             os._exit(0)
         devnull = os.open(os.devnull, os.O_RDWR)
