@@ -109,10 +109,11 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
             artifact = None if target else plan(source, console, ref)
             connections.join()
             owner = lock_owner(run_id, "deploy", artifact.release_id if artifact else target)
-            unchanged_if = (target or artifact.revision) if skip_unchanged else None
-            lock_fleet(runs, console, lambda r: check_and_lock(
-                r, console, owner, lock_wait, need_bytes=artifact.size if artifact else 0,
-                unchanged_if=unchanged_if))
+            if skip_unchanged:
+                in_parallel(active(runs), lambda r: skip_if_unchanged(
+                    r, console, target or artifact.revision), console)
+            lock_fleet(active(runs), console, lambda r: check_and_lock(
+                r, console, owner, lock_wait, need_bytes=artifact.size if artifact else 0))
             if stop.halted(runs, "preflight") or not active(runs):
                 return finish(runs, console, "deploy", run_id, artifact, started, interrupts)
             if artifact is None:
@@ -269,13 +270,24 @@ def lock_owner(run_id: str, action: str, release_id: str | None) -> dict[str, An
     }
 
 
+def skip_if_unchanged(run: HostRun, console: Console, revision: str) -> None:
+    """--skip-unchanged: a host already on `revision` that passes every verify check is
+    left alone (never locked). All hosts are asked at once; the rest go on to lock."""
+    request = {"op": "preflight", "deploy_to": run.host.deploy_to, "read_only": True,
+               "unchanged_if": revision, "supervisor": run.host.settings["supervisor"],
+               "programs": run.host.settings["supervisor"]["programs"],
+               "health": run.host.settings["health"], "values": host_values(run)}
+    result = call(run, request, console)
+    if result.get("unchanged"):
+        run.previous = run.release = result["current"]
+        run.state = UNCHANGED
+
+
 def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
-                   lock_wait: float = 0, need_bytes: int = 0,
-                   unchanged_if: str | None = None) -> None:
+                   lock_wait: float = 0, need_bytes: int = 0) -> None:
     """Connect, run preflight checks and take the deploy lock, in one round trip.
 
     In a dry run the preflight is read-only: nothing is created and no lock is taken.
-    With `unchanged_if`, a host already on that revision that passes verify is left alone.
     """
     step_started = time.monotonic()
     if run.conn is None:
@@ -292,9 +304,6 @@ def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
     }
     if owner:
         request["lock"] = {"owner": owner, "wait": lock_wait, "expiry": settings["lock_expiry"]}
-    if unchanged_if:
-        request.update(unchanged_if=unchanged_if, health=settings["health"],
-                       values=host_values(run))
     result = call(run, request, console)
     run.facts["python"] = result["python"]
     run.facts["releases"] = result["releases"]
@@ -302,9 +311,6 @@ def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
     run.timings["check"] = time.monotonic() - step_started
     if result["problems"]:
         raise RemoteError(run.name, "; ".join(result["problems"]))
-    if result.get("unchanged"):
-        run.state = UNCHANGED
-        return
     lock = result.get("lock")
     if lock and lock.get("holder"):
         raise LockHeldError(run.name, describe_lock_holder(lock["holder"]))

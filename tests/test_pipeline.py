@@ -145,7 +145,9 @@ def test_skip_unchanged_is_a_fast_no_op(cli: Cli, fleet3: Fleet, tmp_path: Path)
     done, document = report(cli, tmp_path, "deploy", "--hosts", "prod", "--skip-unchanged")
     assert done.returncode == 0
     assert {h["outcome"] for h in document["hosts"]} == {"unchanged"}
-    assert all(h["transport"]["commands"] <= 2 for h in document["hosts"])
+    # one remote command and one request per host: asked, verified, left alone
+    assert all((h["transport"]["commands"], h["transport"]["requests"]) == (1, 1)
+               for h in document["hosts"])
     assert {h.name: h.health()["pid"] for h in fleet3.hosts} == pids
     assert "building release" not in done.stdout  # nothing to build either
     # a host whose processes are stale is not "unchanged": it gets the deploy
