@@ -28,7 +28,7 @@ import shutil
 import sys
 import types
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, NamedTuple
 
 __all__ = [
@@ -221,8 +221,9 @@ class _Scan:
     """Mutable state of one scan_tree walk (kept in one object to avoid long arg lists)."""
 
     def __init__(self, root: str, cache_tag: str, magic: bytes, skip: frozenset[str],
-                 content_check: bool) -> None:
+                 content_check: bool, source_hashes: Mapping[str, bytes]) -> None:
         self.root = root
+        self.source_hashes = source_hashes
         self.cache_tag = cache_tag
         self.magic = magic
         self.skip = skip
@@ -375,8 +376,10 @@ class _Scan:
                 with open(source.path, "rb") as sfh:
                     source_bytes = sfh.read()
                 return _bytecode_mismatch(body, source_bytes, optimize)
-        with open(source.path, "rb") as sfh:
-            source_bytes = sfh.read()
+        known_hash = self.source_hashes.get(source.path)
+        if known_hash is None:
+            with open(source.path, "rb") as sfh:
+                known_hash = importlib.util.source_hash(sfh.read())
         if not self.same_interpreter:
             # _imp.source_hash gives different results on <=3.10 and >=3.11 even for the
             # same key, so another interpreter's hash cannot be recomputed here: refuse
@@ -385,7 +388,7 @@ class _Scan:
                 f"cannot verify {header.mode} pyc for {self.cache_tag} from "
                 f"{sys.implementation.cache_tag}: run the scan with the target interpreter"
             )
-        if header.source_hash == importlib.util.source_hash(source_bytes):
+        if header.source_hash == known_hash:
             return None, False
         if header.mode == "unchecked-hash":
             return (
@@ -403,8 +406,12 @@ def scan_tree(
     magic: bytes | None = None,
     skip_dirs: Iterable[str] = DEFAULT_SKIP_DIRS,
     content_check: bool = True,
+    source_hashes: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """Walk ``root`` once and report every pyc that could make running code differ from source.
+
+    ``source_hashes`` (full source path -> ``importlib.util.source_hash``) spares reading
+    sources a caller has just read anyway (verify hashes every file first).
 
     Returned (JSON-serialisable) keys:
 
@@ -436,6 +443,7 @@ def scan_tree(
         magic if magic is not None else importlib.util.MAGIC_NUMBER,
         frozenset(skip_dirs),
         content_check,
+        source_hashes or {},
     )
     state.walk()
     by_pyc = operator.itemgetter("pyc")

@@ -6,6 +6,8 @@ looked at, what was found, and what would fix it. Nothing here writes to the hos
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import time
@@ -38,8 +40,9 @@ def verify(req: Dict[str, Any]) -> Dict[str, Any]:
         return {"release": None, "checks": rows, "lock": layout.lock_owner()}
     release_dir = layout.release(release_id)
     manifest = layout.manifest(release_id) or {}
-    rows.append(check_integrity(layout, release_id, manifest))
-    rows.append(check_bytecode(release_dir, manifest))
+    source_hashes: Dict[str, bytes] = {}
+    rows.append(check_integrity(layout, release_id, manifest, source_hashes))
+    rows.append(check_bytecode(release_dir, source_hashes))
     rows.extend(check_processes(layout, release_dir, req))
     if (req.get("health") or {}).get("url"):
         rows.append(check_health(layout, release_id, req))
@@ -79,8 +82,11 @@ def matches(expect: str, release_id: str, revision: Optional[str]) -> bool:
     return bool(revision) and len(expect) >= 7 and str(revision).startswith(expect)
 
 
-def integrity_changes(release_dir: str, manifest: Dict[str, Any]) -> Dict[str, List[str]]:
-    """Files that differ from the manifest: changed, missing, and .py files never shipped."""
+def integrity_changes(release_dir: str, manifest: Dict[str, Any],
+                      source_hashes: Optional[Dict[str, bytes]] = None) -> Dict[str, List[str]]:
+    """Files that differ from the manifest: changed, missing, and .py files never shipped.
+    `source_hashes` collects each module's import-system hash on the way (one read per
+    file serves both this check and the bytecode check)."""
     files: Dict[str, str] = manifest.get("files") or {}
     skip = set(manifest.get("shared_paths") or [])
     changed, missing = [], []
@@ -92,8 +98,13 @@ def integrity_changes(release_dir: str, manifest: Dict[str, Any]) -> Dict[str, L
             if digest.startswith("symlink:"):
                 if os.readlink(path) != digest[len("symlink:"):]:
                     changed.append(rel)
-            elif sha256(path) != digest:
-                changed.append(rel)
+            else:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                if hashlib.sha256(data).hexdigest() != digest:
+                    changed.append(rel)
+                if source_hashes is not None and rel.endswith(".py"):
+                    source_hashes[path] = importlib.util.source_hash(data)
         except OSError:
             missing.append(rel)
     extra = sorted(rel for rel in python_files(release_dir, skip) if rel not in files)
@@ -118,9 +129,10 @@ def acknowledge_edits(layout: Layout, release_id: str) -> List[str]:
     return sorted(edits)
 
 
-def check_integrity(layout: Layout, release_id: str, manifest: Dict[str, Any]) -> Dict[str, Any]:
+def check_integrity(layout: Layout, release_id: str, manifest: Dict[str, Any],
+                    source_hashes: Optional[Dict[str, bytes]] = None) -> Dict[str, Any]:
     release_dir = layout.release(release_id)
-    changes = integrity_changes(release_dir, manifest)
+    changes = integrity_changes(release_dir, manifest, source_hashes)
     acknowledged = layout.state(release_id).get("in_place_edits") or {}
     unexplained: Dict[str, List[str]] = {}
     for kind, paths in changes.items():
@@ -156,8 +168,8 @@ def python_files(root: str, skip: "set[str]") -> List[str]:
     return out
 
 
-def check_bytecode(release_dir: str, manifest: Dict[str, Any]) -> Dict[str, Any]:
-    scan = bytecode.scan_tree(release_dir)
+def check_bytecode(release_dir: str, source_hashes: Dict[str, bytes]) -> Dict[str, Any]:
+    scan = bytecode.scan_tree(release_dir, source_hashes=source_hashes)
     importable = [o for o in scan["orphans"] if o["importable"]]
     problems = ["stale %s: %s" % (s["pyc"], s["reason"]) for s in scan["stale"]]
     problems += ["orphan %s: %s" % (o["pyc"], o["reason"]) for o in importable]
