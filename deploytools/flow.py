@@ -273,11 +273,13 @@ def lock_owner(run_id: str, action: str, release_id: str | None) -> dict[str, An
 def skip_if_unchanged(run: HostRun, console: Console, revision: str) -> None:
     """--skip-unchanged: a host already on `revision` that passes every verify check is
     left alone (never locked). All hosts are asked at once; the rest go on to lock."""
+    step_started = time.monotonic()
     request = {"op": "preflight", "deploy_to": run.host.deploy_to, "read_only": True,
                "unchanged_if": revision, "supervisor": run.host.settings["supervisor"],
                "programs": run.host.settings["supervisor"]["programs"],
                "health": run.host.settings["health"], "values": host_values(run)}
     result = call(run, request, console)
+    run.timings["check"] = time.monotonic() - step_started
     if result.get("unchanged"):
         run.previous = run.release = result["current"]
         run.state = UNCHANGED
