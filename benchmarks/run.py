@@ -51,8 +51,10 @@ Metrics, per case and repetition (the table shows median and min-max):
   ``--json`` report, ``hosts[i].transport.bytes_sent``; baseline: the ``git archive``
   stream counted while piping it, plus the remote command's length). Payload bytes,
   not wire bytes (no SSH framing, encryption or compression).
-* sessions/commands per host: SSH connections and remote commands (deploytools: its
-  report; the baseline: 1 and 1). "n/a" when deploytools has no ``--json`` report yet.
+* sessions/commands/requests per host: SSH connections, remote commands, and requests
+  (round trips) over those commands (deploytools: its report, where one agent session
+  serves a whole run; the baseline: 1, 1 and 1). "n/a" when deploytools has no
+  ``--json`` report yet.
 """
 
 from __future__ import annotations
@@ -540,6 +542,7 @@ class Bench:
         record["bytes_sent_per_host"] = None
         record["sessions_per_host"] = None
         record["commands_per_host"] = None
+        record["requests_per_host"] = None
         if not path.exists():
             return
         try:
@@ -560,6 +563,7 @@ class Bench:
         record["bytes_sent_per_host"] = per_host("bytes_sent")
         record["sessions_per_host"] = per_host("connections")
         record["commands_per_host"] = per_host("commands")
+        record["requests_per_host"] = per_host("requests")  # round trips over those commands
         kept = ("name", "outcome", "release", "previous", "error", "phases", "health",
                 "transport")
         record["report_hosts"] = [{k: h[k] for k in kept if k in h}
@@ -588,6 +592,7 @@ class Bench:
                                  for n, o in outcomes.items()],
             archive_bytes=next(iter(outcomes.values()))["bytes"],
             sessions_per_host=[1] * self.n, commands_per_host=[1] * self.n,
+            requests_per_host=[1] * self.n,
             exit_codes={n: o["exit_code"] for n, o in outcomes.items()},
         )
         with self._failing_into(record):
@@ -865,6 +870,7 @@ METRICS = (
     ("bytes_sent_per_host", "MB sent/host", 1e-6, "{:.2f}"),
     ("sessions_per_host", "SSH sessions/host", 1.0, "{:g}"),
     ("commands_per_host", "remote cmds/host", 1.0, "{:g}"),
+    ("requests_per_host", "requests/host", 1.0, "{:g}"),
 )
 
 
