@@ -18,6 +18,7 @@ line; exit codes are listed in deploytools.errors.ExitCode and the README.
 
 from __future__ import annotations
 
+import gc
 import sys
 import traceback
 from collections.abc import Callable
@@ -66,6 +67,9 @@ def _run(body: Flow, *, debug: bool = False, json: str | None = None, log: str |
         raise Exit(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL) from None
     finally:
         console.close()
+        # What is left is garbage the process exit frees wholesale; a last full collection
+        # of it (the interpreter's own, at exit) would cost a visible fraction of a redeploy.
+        gc.freeze()
     if result is None:
         return
     if json:
