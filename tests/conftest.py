@@ -92,11 +92,17 @@ def app_repo(tmp_path_factory: pytest.TempPathFactory) -> AppRepo:
     return repo
 
 
+def cli_for(fleet: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory,
+            **defaults: object) -> Cli:
+    """A Cli whose inventory deploys `app_repo` to `fleet` (with these defaults)."""
+    inventory = tmp_path_factory.mktemp("inv") / "inventory.yaml"
+    fleet.write_inventory(inventory, source={"repo": str(app_repo.path)}, **defaults)
+    return Cli(inventory)
+
+
 @pytest.fixture(scope="module")
 def cli(fleet3: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    inventory = tmp_path_factory.mktemp("inv") / "inventory.yaml"
-    fleet3.write_inventory(inventory, source={"repo": str(app_repo.path)})
-    return Cli(inventory)
+    return cli_for(fleet3, app_repo, tmp_path_factory)
 
 
 def health_releases(fleet: Fleet) -> dict[str, str | None]:

@@ -17,7 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AppRepo, Cli, current_release, health_releases, make_fleet, release_dirs
+from conftest import (
+    AppRepo,
+    Cli,
+    cli_for,
+    current_release,
+    health_releases,
+    make_fleet,
+    release_dirs,
+)
 
 from deploytools.remote.intact import read_record
 from deploytools.remote.releases import Layout
@@ -34,9 +42,7 @@ def fleet2() -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def icli(fleet2: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    inventory = tmp_path_factory.mktemp("inv") / "inventory.yaml"
-    fleet2.write_inventory(inventory, source={"repo": str(app_repo.path)})
-    return Cli(inventory)
+    return cli_for(fleet2, app_repo, tmp_path_factory)
 
 
 def deploy(cli: Cli, tmp_path: Path) -> dict:

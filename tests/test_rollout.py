@@ -22,6 +22,7 @@ from conftest import (
     REPO_ROOT,
     AppRepo,
     Cli,
+    cli_for,
     current_release,
     health_releases,
     make_fleet,
@@ -38,12 +39,10 @@ def fleet4() -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def rcli(fleet4: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    inventory = tmp_path_factory.mktemp("inv") / "inventory.yaml"
-    fleet4.write_inventory(inventory, source={"repo": str(app_repo.path)})
-    data = yaml.safe_load(inventory.read_text())
+    cli = cli_for(fleet4, app_repo, tmp_path_factory)
+    data = yaml.safe_load(cli.inventory.read_text())
     data["ssh"]["command_timeout"] = 8  # a hung host must not hold the run for long
-    inventory.write_text(yaml.safe_dump(data))
-    cli = Cli(inventory)
+    cli.inventory.write_text(yaml.safe_dump(data))
     app_repo.commit("base")
     cli("deploy", "--hosts", "prod", check=True)
     return cli

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AppRepo, Cli, current_release, make_fleet, release_dirs
+from conftest import AppRepo, Cli, cli_for, current_release, make_fleet, release_dirs
 
 from deploytools.sandbox import Fleet, SimHost
 
@@ -26,10 +26,7 @@ def fleet2() -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def vcli(fleet2: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    inventory = tmp_path_factory.mktemp("inv") / "inventory.yaml"
-    fleet2.write_inventory(inventory, source={"repo": str(app_repo.path)},
-                           pyc_invalidation="timestamp")
-    cli = Cli(inventory)
+    cli = cli_for(fleet2, app_repo, tmp_path_factory, pyc_invalidation="timestamp")
     app_repo.commit("v1")
     cli("deploy", "--hosts", "prod", check=True)
     return cli
