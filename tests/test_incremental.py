@@ -156,6 +156,25 @@ def test_an_in_place_edit_is_never_carried_into_the_next_release(
     icli("verify", "--hosts", "prod", check=True)
 
 
+def test_bytecode_the_base_lacks_is_made_for_the_new_release(
+        icli: Cli, fleet2: Fleet, app_repo: AppRepo, tmp_path: Path) -> None:
+    """After `inv clear-cache` the current release has no pycs to share: the next release
+    links its unchanged sources but compiles their bytecode on the host."""
+    icli("clear-cache", "--hosts", "prod", check=True)
+    with (app_repo.path / MODS / "m0012.py").open("a") as fh:
+        fh.write("\nAFTER_CLEAR = 1\n")
+    commit_all(app_repo, "after clear-cache")
+    deploy(icli, tmp_path)
+    for host in fleet2.hosts:
+        new = release_dirs(host.deploy_to)[-1]
+        sources = [Path(p) for p in manifest(new)["files"] if p.endswith(".py")]
+        counts = manifest(new)["bytecode"]
+        assert counts["reused"] == 0 and counts["compiled"] >= len(sources) - 1
+        assert counts["shipped"] + counts["compiled"] == len(sources)
+        assert all(pyc(new, source).exists() for source in sources)
+    icli("verify", "--hosts", "prod", check=True)
+
+
 def test_deleting_old_releases_never_affects_the_current_one(
         icli: Cli, fleet2: Fleet) -> None:
     before = health_releases(fleet2)

@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 import zlib
-from typing import Any, BinaryIO, Callable, Dict, List, Optional
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional
 
 from deploytools.remote import build, bytecode, health, hooks, verify
 from deploytools.remote.health import expand_placeholders
@@ -290,15 +290,40 @@ def choose_base(layout: Layout) -> Optional[str]:
 
 def link_unchanged(base_dir: str, dest: str, paths: "set[str]") -> int:
     """Hard-link every unchanged file from the base release into the new one."""
-    made = set()
-    for rel in paths:
-        target = os.path.join(dest, rel)
-        folder = os.path.dirname(target)
-        if folder not in made:
-            os.makedirs(folder, exist_ok=True)
-            made.add(folder)
-        os.link(os.path.join(base_dir, rel), target)
+    missing = link_files(base_dir, dest, paths)
+    if missing:
+        raise AgentError("%s vanished from %s while the release was being built"
+                         % (missing[0], base_dir))
     return len(paths)
+
+
+def link_files(src_root: str, dst_root: str, rels: Iterable[str]) -> List[str]:
+    """Hard-link these files from src_root into dst_root (folders created); returns the
+    ones src_root lacks. Links go through folder descriptors, one folder at a time: the
+    kernel then resolves one name per link instead of two whole paths."""
+    groups: Dict[str, List[str]] = {}
+    for rel in rels:
+        folder, _, name = rel.rpartition("/")
+        groups.setdefault(folder, []).append(name)
+    missing: List[str] = []
+    for folder, names in groups.items():
+        os.makedirs(os.path.join(dst_root, folder), exist_ok=True)
+        try:
+            src_fd = os.open(os.path.join(src_root, folder), os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            missing.extend(folder + "/" + name if folder else name for name in names)
+            continue
+        dst_fd = os.open(os.path.join(dst_root, folder), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name in names:
+                try:
+                    os.link(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+                except FileNotFoundError:
+                    missing.append(folder + "/" + name if folder else name)
+        finally:
+            os.close(src_fd)
+            os.close(dst_fd)
+    return missing
 
 
 def run_hooks_or_fail(layout: Layout, point: str, release_id: str,
@@ -380,26 +405,18 @@ def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str], linked
     reusable = bool(base_dir) and previous.get("mode") == "precompile" and \
         previous.get("invalidation") == req["pyc_invalidation"] and \
         previous.get("magic") == importlib.util.MAGIC_NUMBER.hex()
-    reused = shipped = 0
+    sources = [rel for rel in files if rel.endswith(".py")]
+    reuse = {pyc_path(rel, tag): rel for rel in sources if reusable and rel in linked}
+    # a pyc missing in the base (cleared, never compiled there) is compiled here
+    not_there = set(link_files(base_dir or "", root, reuse)) if reuse else set()
+    reused = len(reuse) - len(not_there)
+    shipped = 0
     todo = []
-    made = set()
-    for rel in files:
-        if not rel.endswith(".py"):
-            continue
+    for rel in sources:
         pyc = pyc_path(rel, tag)
-        target = os.path.join(root, pyc)
-        if reusable and rel in linked:
-            folder = os.path.dirname(target)
-            if folder not in made:
-                os.makedirs(folder, exist_ok=True)
-                made.add(folder)
-            try:
-                os.link(os.path.join(base_dir or "", pyc), target)
-                reused += 1
-                continue
-            except FileNotFoundError:
-                pass  # cleared or never compiled there: compile it here
-        if os.path.exists(target):
+        if pyc in reuse and pyc not in not_there:
+            continue
+        if os.path.exists(os.path.join(root, pyc)):
             shipped += 1  # compiled once on the controller
         else:
             todo.append(rel)
@@ -560,8 +577,9 @@ def in_background(work: Callable[[], None]) -> None:
     at the lowest CPU priority: housekeeping must not slow the app that just started.
     (With autogroup scheduling a new session is a group of its own, weighed like any
     other whatever its nice value, so the group's own nice is lowered too.)"""
-    if os.fork():
-        os.wait()
+    child = os.fork()
+    if child:
+        os.waitpid(child, 0)  # it only forks the worker and exits
         return
     try:
         os.setsid()
