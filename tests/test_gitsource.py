@@ -117,3 +117,16 @@ def test_a_wrong_memory_is_caught_before_anything_ships(
     assert planned.files["app.py"] == "0" * 64
     with pytest.raises(Exception, match="does not match the planned manifest"):
         planned.archive(["app.py"])
+
+
+def test_a_git_url_is_mirrored_and_planned_like_the_local_repository(
+        repo: Path, reads: list) -> None:
+    url = f"file://{repo}"
+    first = build_artifact({"repo": url})
+    assert first.files == build_artifact({"repo": str(repo)}).files
+    commit(repo, {"pkg/m9.py": "VALUE = 'nine'\n"})
+    reads.clear()
+    second = build_artifact({"repo": url})  # fetched into the mirror, one file read
+    assert second.revision == git(repo, "rev-parse", "HEAD")
+    assert reads == [["pkg/m9.py"]]
+    assert second.files == build_artifact({"repo": str(repo)}).files
