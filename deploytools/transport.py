@@ -156,7 +156,7 @@ class HostConnection:
         self.requests = 0  # agent requests (round trips) over those commands
         self.bytes_sent = 0
         self.connections = 0
-        self._agent_cached: bool | None = None  # None: unknown, try the host's cache
+        self._send_agent = False  # True once the host's cache proved to lack this agent
         self._conn: Connection | None = None
         self._channel: paramiko.Channel | None = None  # the agent session, once started
         self._buffer = b""  # its output read past the last complete line
@@ -304,7 +304,7 @@ class HostConnection:
         call, status = self._exchange(request, upload, on_event, answer, deadline)
         if status == AGENT_CACHE_MISS and call.result is None and call.error is None:
             # The host lacks this agent version: send it inline (it caches it for next time).
-            self._agent_cached = False
+            self._send_agent = True
             call, status = self._exchange(request, upload, on_event, answer, deadline)
         call.seconds = time.monotonic() - started
         if call.result is None and call.error is None:
@@ -362,7 +362,7 @@ class HostConnection:
         transport = self._conn.client.get_transport()
         if transport is None or not transport.is_active():
             raise UnreachableError(self.host.name, "SSH connection lost")
-        cached = self._agent_cached is not False
+        cached = not self._send_agent
         try:
             channel = transport.open_session(timeout=deadline)
             channel.exec_command(self.agent_command(cached))
