@@ -576,10 +576,29 @@ class Fleet:
             sim._reap_sshd(deadline)
         for pid in orphans:
             _kill_orphan(pid)
+        for pid in self._leftover_pids():
+            _kill_orphan(pid)
         with _LIVE_LOCK:
             _LIVE_FLEETS.pop(id(self), None)
         if self.owns_root and os.environ.get(KEEP_FLEET_ENV) != "1":
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def _leftover_pids(self) -> list[int]:
+        """Processes still running with one of this fleet's $HOMEs once its daemons are
+        gone: agent sessions and the housekeeping they detach on purpose (setsid), which
+        no longer descend from sshd. Found through /proc, then stopped by PID."""
+        homes = {b"HOME=" + bytes(sim.home) for sim in self.hosts}
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if homes.intersection(environ):
+                found.append(int(entry))
+        return found
 
     def detach(self) -> Path:
         """Leave the daemons running after this process exits (``inv demo --keep``).

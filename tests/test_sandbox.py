@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from deploytools.inventory import load_inventory
 from deploytools.sandbox import Fleet, SimHost, sshd_path, start_fleet, write_sample_app
+from deploytools.transport import HostConnection
 
 needs_fleet = pytest.mark.skipif(
     sshd_path() is None or shutil.which("ssh") is None, reason="needs OpenSSH sshd and ssh"
@@ -272,3 +274,26 @@ def test_sample_app_extra_modules_are_deterministic(tmp_path: Path) -> None:
         assert 1_000 <= mod.stat().st_size <= 10_000
         assert mod.read_bytes() == (tmp_path / "b" / "sampleapp" / "mods" / mod.name).read_bytes()
         compile(mod.read_text(), str(mod), "exec")
+
+
+def test_stop_ends_agent_sessions_left_behind(tmp_path: Path) -> None:
+    """An agent session (and anything it detached) does not descend from the listening
+    sshd; stopping the fleet must still end it, by PID."""
+    fleet = start_fleet(1)
+    try:
+        inventory = fleet.write_inventory(tmp_path / "inv.yaml", source={"path": str(tmp_path)})
+        host = load_inventory(inventory).hosts["web1"]
+        conn = HostConnection(host)
+        conn.open()
+        conn.call({"op": "releases", "deploy_to": host.deploy_to})
+        sessions = fleet._leftover_pids()
+        assert sessions, "the agent session runs with the host's $HOME"
+        fleet.stop()
+        deadline = time.monotonic() + 5
+        while any(os.path.exists(f"/proc/{pid}") for pid in sessions) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in sessions if os.path.exists(f"/proc/{pid}")]
+        conn.close()
+    finally:
+        fleet.stop()
