@@ -236,6 +236,22 @@ class SimHost:
         """supervisord's own stdout/stderr (tracebacks before its log file is open)."""
         return self.root / "supervisord.out"
 
+    def session_pids(self) -> list[int]:
+        """PIDs of processes running with this host's $HOME (its daemons, their programs,
+        SSH sessions and whatever those started), found through /proc."""
+        marker = b"HOME=" + bytes(self.home)
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker in environ:
+                found.append(int(entry))
+        return found
+
     # ---- app
     def health_url(self) -> str:
         return f"http://{self.address}:{self.app_port}/health"
@@ -586,19 +602,8 @@ class Fleet:
     def _leftover_pids(self) -> list[int]:
         """Processes still running with one of this fleet's $HOMEs once its daemons are
         gone: agent sessions and the housekeeping they detach on purpose (setsid), which
-        no longer descend from sshd. Found through /proc, then stopped by PID."""
-        homes = {b"HOME=" + bytes(sim.home) for sim in self.hosts}
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if homes.intersection(environ):
-                found.append(int(entry))
-        return found
+        no longer descend from sshd. Stopped by PID."""
+        return [pid for sim in self.hosts for pid in sim.session_pids()]
 
     def detach(self) -> Path:
         """Leave the daemons running after this process exits (``inv demo --keep``).

@@ -69,6 +69,20 @@ class Cli:
         return self.inventory
 
 
+def deploy_broken_module(cli: Cli, app_repo: AppRepo, source: str,
+                         tag: str) -> subprocess.CompletedProcess[str]:
+    """Deploy a commit that adds sampleapp/broken.py with `source`; the repository then
+    drops it again, so later deploys are clean."""
+    broken = app_repo.path / "sampleapp" / "broken.py"
+    broken.write_text(source)
+    app_repo.commit(tag)
+    try:
+        return cli("deploy", "--hosts", "prod")
+    finally:
+        broken.unlink()
+        app_repo.commit(f"{tag}-fixed")
+
+
 def make_fleet(count: int) -> Iterator[Fleet]:
     require_sshd()
     fleet = start_fleet(count)

@@ -388,13 +388,18 @@ def test_pycache_orphan_after_deleting_source(tmp_path: Path) -> None:
     assert "ModuleNotFoundError" in proc.stderr
 
 
-def test_legacy_sourceless_pyc_is_importable(tmp_path: Path) -> None:
-    root = make_tree(tmp_path)
-    source = write(root / "app" / "foo.py", "VALUE = 'from sourceless pyc'\n")
+def leave_only_legacy_bytecode(source: Path, text: str, suffix: str) -> None:
+    """Compile `source` and keep just a pre-PEP 3147 `<name><suffix>` beside where it was."""
+    write(source, text)
     cfile = compile_one(source, "checked-hash")
-    shutil.copyfile(cfile, root / "app" / "foo.pyc")
+    shutil.copyfile(cfile, source.with_suffix(suffix))
     source.unlink()
     cfile.unlink()
+
+
+def test_legacy_sourceless_pyc_is_importable(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    leave_only_legacy_bytecode(root / "app" / "foo.py", "VALUE = 'from sourceless pyc'\n", ".pyc")
 
     proc = run_python(root, "import app.foo; print(app.foo.VALUE)")
     assert proc.returncode == 0, proc.stderr
@@ -412,11 +417,7 @@ def test_legacy_sourceless_pyc_is_importable(tmp_path: Path) -> None:
 def test_legacy_pyo_is_not_importable(tmp_path: Path) -> None:
     # PEP 488 dropped .pyo from the import suffixes: stale, but Python 3 ignores it.
     root = make_tree(tmp_path)
-    source = write(root / "app" / "old.py", "VALUE = 1\n")
-    cfile = compile_one(source, "checked-hash")
-    shutil.copyfile(cfile, root / "app" / "old.pyo")
-    source.unlink()
-    cfile.unlink()
+    leave_only_legacy_bytecode(root / "app" / "old.py", "VALUE = 1\n", ".pyo")
 
     proc = run_python(root, "import app.old")
     assert "ModuleNotFoundError" in proc.stderr

@@ -14,10 +14,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AppRepo, Cli, current_release, health_releases, release_dirs
+from conftest import (
+    AppRepo,
+    Cli,
+    current_release,
+    deploy_broken_module,
+    health_releases,
+    release_dirs,
+)
 
 from deploytools.inventory import load_inventory
-from deploytools.sandbox import Fleet
+from deploytools.sandbox import Fleet, SimHost
 from deploytools.transport import HostConnection, agent_digest
 
 
@@ -100,12 +107,8 @@ def test_crash_at_import_reports_supervisor_reason(cli: Cli, fleet3: Fleet,
 def test_syntax_error_fails_before_any_switch(cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
     good = only(release_ids(fleet3))
     releases_before = sorted(p.name for p in release_dirs(fleet3.hosts[0].deploy_to))
-    broken = app_repo.path / "sampleapp" / "broken.py"
-    broken.write_text("def ok():\n    return 1\n\ndef bad(:\n    pass\n")
-    app_repo.commit("v-syntax")
-    done = cli("deploy", "--hosts", "prod")
-    broken.unlink()
-    app_repo.commit("v-syntax-fixed")
+    done = deploy_broken_module(cli, app_repo, "def ok():\n    return 1\n\ndef bad(:\n    pass\n",
+                                "v-syntax")
     assert done.returncode == 3, done.stdout + done.stderr
     assert "sampleapp/broken.py line 4" in done.stderr and "SyntaxError" in done.stderr
     assert release_ids(fleet3) == {good}
@@ -236,16 +239,16 @@ def test_first_contact_opt_in_records_keys_but_never_accepts_a_changed_one(
     assert "web1" in done.stderr and "CHANGED" in done.stderr
 
 
-def agent_processes() -> list[int]:
-    """PIDs of running agent interpreters (not their `timeout` wrappers)."""
+def agent_processes(host: SimHost) -> list[int]:
+    """PIDs of this host's running agent interpreters (not their `timeout` wrappers)."""
     found = []
-    for entry in os.listdir("/proc"):
+    for pid in host.session_pids():
         try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if agent_digest().encode() in argv and b"python" in argv[0]:
-            found.append(int(entry))
+            found.append(pid)
     return found
 
 
@@ -264,10 +267,10 @@ def test_one_agent_session_serves_a_run_and_a_dead_one_is_replaced(
         commands, requests = conn.commands, conn.requests
         assert conn.call(request).result == first
         assert (conn.commands, conn.requests) == (commands, requests + 1)
-        (pid,) = agent_processes()
+        (pid,) = agent_processes(fleet3.host("web1"))
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while pid in agent_processes() and time.monotonic() < deadline:
+        while pid in agent_processes(fleet3.host("web1")) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.2)  # let the channel see the session end
         assert conn.call(request).result == first

@@ -248,8 +248,11 @@ def test_a_step_past_its_time_limit_is_ended_on_the_host(
     assert health_releases(fleet4) == before  # before_switch failed: nobody switched
     assert_consistent(fleet4)
     assert no_locks(fleet4), done.stdout
-    hung = subprocess.run(["pgrep", "-f", "sleep 47"], capture_output=True, text=True)
-    assert hung.stdout == "", "the hook outlived its step"
+    hung = [pid for pid in fleet4.host("web3").session_pids()
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"47"]]
+    for pid in hung:
+        os.kill(pid, signal.SIGKILL)
+    assert not hung, "the hook outlived its step"
 
 
 def test_disk_full_during_prepare(rcli: Cli, fleet4: Fleet, app_repo: AppRepo) -> None:

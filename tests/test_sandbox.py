@@ -280,10 +280,10 @@ def test_stop_ends_agent_sessions_left_behind(tmp_path: Path) -> None:
     """An agent session (and anything it detached) does not descend from the listening
     sshd; stopping the fleet must still end it, by PID."""
     fleet = start_fleet(1)
+    inventory = fleet.write_inventory(tmp_path / "inv.yaml", source={"path": str(tmp_path)})
+    host = load_inventory(inventory).hosts["web1"]
+    conn = HostConnection(host)
     try:
-        inventory = fleet.write_inventory(tmp_path / "inv.yaml", source={"path": str(tmp_path)})
-        host = load_inventory(inventory).hosts["web1"]
-        conn = HostConnection(host)
         conn.open()
         conn.call({"op": "releases", "deploy_to": host.deploy_to})
         sessions = fleet._leftover_pids()
@@ -294,6 +294,6 @@ def test_stop_ends_agent_sessions_left_behind(tmp_path: Path) -> None:
                 time.monotonic() < deadline:
             time.sleep(0.05)
         assert not [pid for pid in sessions if os.path.exists(f"/proc/{pid}")]
-        conn.close()
     finally:
+        conn.close()
         fleet.stop()

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AppRepo, Cli, cli_for, current_release, make_fleet, release_dirs
+from conftest import (
+    AppRepo,
+    Cli,
+    cli_for,
+    current_release,
+    deploy_broken_module,
+    make_fleet,
+    release_dirs,
+)
 
 from deploytools.sandbox import Fleet, SimHost
 
@@ -138,12 +146,7 @@ def test_program_stopped_by_hand(vcli: Cli, fleet2: Fleet) -> None:
 def test_syntax_error_reported_by_the_host_compiler(vcli: Cli, fleet2: Fleet,
                                                      app_repo: AppRepo) -> None:
     """Timestamp pycs are compiled on each host (not shipped): its error names file and line."""
-    broken = app_repo.path / "sampleapp" / "broken.py"
-    broken.write_text("x = 1\nif x\n    pass\n")
-    app_repo.commit("host-syntax")
-    done = vcli("deploy", "--hosts", "prod")
-    broken.unlink()
-    app_repo.commit("host-syntax-fixed")
+    done = deploy_broken_module(vcli, app_repo, "x = 1\nif x\n    pass\n", "host-syntax")
     assert done.returncode == 3, done.stdout + done.stderr
     assert "cannot compile sampleapp/broken.py line 2" in done.stderr
     vcli("verify", "--hosts", "prod", check=True)
