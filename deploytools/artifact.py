@@ -23,12 +23,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 
 from deploytools import __version__, gitsource
 from deploytools.errors import ConfigError
 from deploytools.remote import bytecode
+from deploytools.remote.bytecode import pyc_path
+from deploytools.remote.releases import files_digest
 
 _Member = tuple[tarfile.TarInfo, bytes | None]
 
@@ -65,6 +68,11 @@ class Artifact:
     @property
     def files(self) -> dict[str, str]:
         return self.manifest["files"]
+
+    @cached_property
+    def digest(self) -> str:
+        """files_digest of the manifest, computed once for every host that asks."""
+        return files_digest(self.files)
 
     def delta(self, base: dict[str, str]) -> tuple[dict[str, str], list[str]]:
         """Files to send to a host whose base release holds `base` (path -> sha256, intact
@@ -179,19 +187,6 @@ class Artifact:
             handle.close()
         if self._source_tree:
             shutil.rmtree(self._source_tree, ignore_errors=True)
-
-
-def pyc_path(source: str, cache_tag: str) -> str:
-    """`pkg/mod.py` -> `pkg/__pycache__/mod.<tag>.pyc` (PEP 3147)."""
-    folder, _, name = source.rpartition("/")
-    cached = f"__pycache__/{name[:-3]}.{cache_tag}.pyc"
-    return f"{folder}/{cached}" if folder else cached
-
-
-def files_digest(files: dict[str, str]) -> str:
-    """One digest for a whole manifest: the host checks the manifest it assembled."""
-    return hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(files.items())).encode()
-                          ).hexdigest()
 
 
 def excluded(relpath: str, patterns: tuple[str, ...]) -> bool:

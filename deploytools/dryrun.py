@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from deploytools.remote.health import expand_placeholders
+
 MUTATING_OPS = frozenset({"prepare", "activate", "finish", "hooks", "clear_cache", "unlock"})
 
 
@@ -39,9 +41,8 @@ def describe(request: dict[str, Any]) -> list[str]:
         lines.append(f"stop {programs}, wait until stopped; start, wait until RUNNING")
         url = (request.get("health") or {}).get("url")
         if url:
-            for key, value in (request.get("values") or {}).items():
-                url = url.replace("{" + key + "}", value)
-            lines.append(f"health check {url.replace('{release}', request['target'])}")
+            values = {**(request.get("values") or {}), "release": request["target"]}
+            lines.append(f"health check {expand_placeholders(url, values)}")
         lines += _hooks(request, "after_restart")
         if request.get("fallback"):
             lines.append(f"on failure: switch back to {request['fallback']}, restart, re-check")

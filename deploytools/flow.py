@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deploytools import local_hooks
-from deploytools.artifact import Artifact, build_artifact, files_digest, resolve_revision
+from deploytools.artifact import Artifact, build_artifact, resolve_revision
 from deploytools.errors import ConfigError, ExitCode, LockHeldError, RemoteError
 from deploytools.inventory import Host
 from deploytools.report import (
@@ -274,15 +274,27 @@ def skip_if_unchanged(run: HostRun, console: Console, revision: str) -> None:
     """--skip-unchanged: a host already on `revision` that passes every verify check is
     left alone (never locked). All hosts are asked at once; the rest go on to lock."""
     step_started = time.monotonic()
-    request = {"op": "preflight", "deploy_to": run.host.deploy_to, "read_only": True,
-               "unchanged_if": revision, "supervisor": run.host.settings["supervisor"],
-               "programs": run.host.settings["supervisor"]["programs"],
-               "health": run.host.settings["health"], "values": host_values(run)}
+    request = dict(verify_request(run, None), op="preflight", read_only=True,
+                   unchanged_if=revision)
     result = call(run, request, console)
     run.timings["check"] = time.monotonic() - step_started
     if result.get("unchanged"):
         run.previous = run.release = result["current"]
         run.state = UNCHANGED
+
+
+def verify_request(run: HostRun, expect: str | None) -> dict[str, Any]:
+    """What the agent's proof checks need (inv verify, and --skip-unchanged's question)."""
+    settings = run.host.settings
+    return {
+        "op": "verify",
+        "deploy_to": run.host.deploy_to,
+        "expect": expect,
+        "supervisor": settings["supervisor"],
+        "programs": settings["supervisor"]["programs"],
+        "health": settings["health"],
+        "values": host_values(run),
+    }
 
 
 def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
@@ -374,7 +386,7 @@ def prepare(run: HostRun, console: Console, artifact: Artifact, run_once_here: b
         size, stream = artifact.archive(None if fresh else list(changed))
         ship_pycs = compiles_here(run)
         answer: dict[str, Any] = {"changed": changed, "removed": removed,
-                                  "digest": files_digest(artifact.files), "archive_size": size,
+                                  "digest": artifact.digest, "archive_size": size,
                                   "pycs_follow": ship_pycs}
 
         def upload() -> Iterator[bytes]:
@@ -518,7 +530,7 @@ def finish(runs: list[HostRun], console: Console, action: str, run_id: str,
         run.timings["total"] = time.monotonic() - run.started
     # A host that timed out or vanished cannot be wrapped up: its lock stays, reported.
     in_parallel([r for r in runs if r.lock_token and r.state != UNREACHABLE],
-                lambda r: wrap_up(r), console, failed_state=FAILED)
+                wrap_up, console)
     code = exit_code_for(runs)
     if interrupts is not None and interrupts.requested and code != ExitCode.PARTIAL:
         code = ExitCode.INTERRUPTED
@@ -566,8 +578,7 @@ def close_all(runs: list[HostRun]) -> None:
             run.conn.close()
 
 
-def call(run: HostRun, request: dict[str, Any], console: Console,
-         upload: Upload | None = None, quiet: bool = False,
+def call(run: HostRun, request: dict[str, Any], console: Console, quiet: bool = False,
          answer: Answer | None = None) -> dict[str, Any]:
     """One agent call on this host's connection; progress lines are prefixed with the host."""
     assert run.conn is not None
@@ -577,7 +588,7 @@ def call(run: HostRun, request: dict[str, Any], console: Console,
             console.host(run.name, message)
     run.in_flight = True
     try:
-        reply: AgentCall = run.conn.call(request, upload=upload, on_event=on_event,
+        reply: AgentCall = run.conn.call(request, on_event=on_event,
                                          timeout=run.remaining_time(), answer=answer)
     finally:
         run.in_flight = False

@@ -56,7 +56,7 @@ def list_releases(hosts: list[Host], console: Console) -> RunResult:
             console.table(["release", "revision", "switched at", "status"], rows)
         else:
             console.line("  no releases")
-    code = ExitCode.OK if all(r.state == HEALTHY for r in runs) else exit_code_for(runs)
+    code = exit_code_for(runs)
     return RunResult("releases", new_run_id(), None, runs, code, started, time.time())
 
 

@@ -79,8 +79,7 @@ class HostRun:
     @property
     def active(self) -> bool:
         """Still taking part: connected and not failed."""
-        return self.state not in (FAILED, ROLLED_BACK, ROLLBACK_FAILED, UNREACHABLE, LOCKED_OUT,
-                                  SKIPPED, UNCHANGED)
+        return not self.failed and self.state not in (SKIPPED, UNCHANGED)
 
 
 _SECRET_QUERY = re.compile(r"(?i)([?&][^=&#\s]*(?:token|key|secret|password|passwd|auth|"

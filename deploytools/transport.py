@@ -25,7 +25,7 @@ import socket
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,6 @@ from deploytools.inventory import Host
 REMOTE_MODULES = (
     "bytecode", "health", "releases", "intact", "supervisor", "hooks", "build", "verify", "agent",
 )
-CHUNK = 256 * 1024
 
 AGENT_CACHE_MISS = 75  # the bootstrap's exit status when the host lacks this agent
 # Runs the agent. "cached": load its compiled modules from the host's cache (per agent
@@ -118,6 +117,7 @@ def agent_bundle() -> bytes:
     return str(len(packed)).encode() + b"\n" + packed
 
 
+@cache
 def agent_digest() -> str:
     """Names this exact agent in the host's cache (a changed agent is a new entry)."""
     return hashlib.sha256(_packed_agent()).hexdigest()[:32]
@@ -137,13 +137,11 @@ class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
 
 @dataclass
 class AgentCall:
-    """What an agent call returned: its result or error, plus every progress event."""
+    """What an agent call returned: its result or error (and the agent's stderr)."""
 
     result: dict[str, Any] | None
     error: dict[str, Any] | None
-    events: list[str] = field(default_factory=list)
     stderr: str = ""
-    seconds: float = 0.0
 
 
 class HostConnection:
@@ -277,7 +275,6 @@ class HostConnection:
     def call(
         self,
         request: dict[str, Any],
-        upload: Upload | None = None,
         on_event: Callable[[str], None] | None = None,
         timeout: float | None = None,
         answer: Answer | None = None,
@@ -285,41 +282,36 @@ class HostConnection:
         """Run one agent operation: one request to the host's agent session.
 
         The first call starts the session (one remote command); later calls reuse its
-        process, so a run pays for one Python start per host. `upload` streams bytes after
-        the request. With `answer`, the agent may ask one question mid-call (prepare asks
-        what to send given the base release it has); the answer's frame and upload follow.
+        process, so a run pays for one Python start per host. With `answer`, the agent
+        may ask one question mid-call (prepare asks what to send given the base release
+        it has); the answer's frame and its upload follow on the same channel.
         """
         if self.dry_run and request["op"] in dryrun.MUTATING_OPS:
-            lines = dryrun.describe(request)
-            for line in lines:
+            for line in dryrun.describe(request):
                 if on_event:
                     on_event("would " + line)
-            return AgentCall(result=dryrun.pretend(request), error=None,
-                             events=["would " + line for line in lines])
+            return AgentCall(result=dryrun.pretend(request), error=None)
         ssh = self.host.settings["ssh"]
-        request = dict(request, time_limit=float(ssh["command_timeout"]), streams=bool(
-            upload or answer))
+        request = dict(request, time_limit=float(ssh["command_timeout"]),
+                       streams=answer is not None)
         deadline = timeout or float(ssh["command_timeout"]) + 15
-        started = time.monotonic()
-        call, status = self._exchange(request, upload, on_event, answer, deadline)
+        call, status = self._exchange(request, on_event, answer, deadline)
         if status == AGENT_CACHE_MISS and call.result is None and call.error is None:
             # The host lacks this agent version: send it inline (it caches it for next time).
             self._send_agent = True
-            call, status = self._exchange(request, upload, on_event, answer, deadline)
-        call.seconds = time.monotonic() - started
+            call, status = self._exchange(request, on_event, answer, deadline)
         if call.result is None and call.error is None:
             raise RemoteError(self.host.name, self._no_result(status, call.stderr))
         return call
 
-    def _exchange(self, request: dict[str, Any], upload: Upload | None,
-                  on_event: Callable[[str], None] | None, answer: Answer | None,
-                  deadline: float) -> tuple[AgentCall, int | None]:
+    def _exchange(self, request: dict[str, Any], on_event: Callable[[str], None] | None,
+                  answer: Answer | None, deadline: float) -> tuple[AgentCall, int | None]:
         """One request and its reply on the session; the exit status if the agent ended."""
         channel = self._session(deadline)
         self.requests += 1
         try:
             channel.settimeout(deadline)
-            self._send(channel, [frame(request)], upload if answer is None else None)
+            self._send(channel, [frame(request)], None)
 
             def reply(question: dict[str, Any]) -> None:
                 assert answer is not None
@@ -355,6 +347,9 @@ class HostConnection:
         if self._channel is not None and not (self._channel.closed or
                                               self._channel.exit_status_ready()):
             return self._channel
+        if self._channel is not None and self._channel.exit_status_ready() and \
+                self._channel.exit_status == AGENT_CACHE_MISS:
+            self._send_agent = True  # the session started at connect found no cached agent
         self._end_session()  # none yet, or it ended while idle (killed on the host)
         if self._conn is None:
             self.open()
@@ -429,7 +424,6 @@ class HostConnection:
             call.stderr += line.decode("utf-8", "replace") + "\n"
             return None
         if "event" in message:
-            call.events.append(message["event"])
             if on_event:
                 on_event(message["event"])
         elif "result" in message:

@@ -10,7 +10,6 @@ the health endpoint answers and reports that release.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from deploytools.artifact import resolve_revision
 from deploytools.errors import ExitCode, RemoteError
@@ -20,25 +19,12 @@ from deploytools.flow import (
     close_all,
     connect,
     exit_code_for,
-    host_values,
     new_run_id,
+    verify_request,
 )
 from deploytools.inventory import Host
 from deploytools.report import FAILED, HEALTHY, UNREACHABLE, Console, HostRun
 from deploytools.rollout import in_parallel
-
-
-def verify_request(run: HostRun, expect: str | None) -> dict[str, Any]:
-    settings = run.host.settings
-    return {
-        "op": "verify",
-        "deploy_to": run.host.deploy_to,
-        "expect": expect,
-        "supervisor": settings["supervisor"],
-        "programs": settings["supervisor"]["programs"],
-        "health": settings["health"],
-        "values": host_values(run),
-    }
 
 
 def verify_host(run: HostRun, console: Console, expect: str | None) -> None:

@@ -14,7 +14,6 @@ stream once the controller has answered its question. On stdout every line is JS
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import math
@@ -27,9 +26,10 @@ import zlib
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional
 
 from deploytools.remote import build, bytecode, health, hooks, verify
+from deploytools.remote.bytecode import pyc_path
 from deploytools.remote.health import expand_placeholders
 from deploytools.remote.intact import intact_files, record_intact
-from deploytools.remote.releases import MANIFEST, META_DIR, Layout
+from deploytools.remote.releases import MANIFEST, META_DIR, Layout, files_digest
 from deploytools.remote.supervisor import Supervisor, SupervisorError, process_facts
 
 
@@ -214,17 +214,18 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     try:
         started = time.time()
         base = choose_base(layout)
-        base_files = intact_files(layout, base) if base else {}
+        base_manifest = (layout.manifest(base) or {}) if base else {}
+        base_files = intact_files(layout, base, base_manifest) if base else {}
         timings["base"] = round(time.time() - started, 3)
         plan = ask({"base": base, "files": base_files}, stream)
         started = time.time()
-        files = {p: d for p, d in base_files.items()
-                 if p not in plan["changed"] and p not in set(plan["removed"])}
+        removed = set(plan["removed"])
+        files = {p: d for p, d in base_files.items() if p not in removed}
         files.update(plan["changed"])
         if files_digest(files) != plan["digest"]:
             raise AgentError("assembled manifest does not match the artifact (internal error)")
         os.makedirs(partial)
-        linked_paths = set(files) - set(plan["changed"]) if base else set()
+        linked_paths = set(files) - plan["changed"].keys()  # empty without a base
         linked = link_unchanged(layout.release(base), partial, linked_paths) if base else 0
         count, size = extract(stream, int(plan["archive_size"]), partial)
         shipped_pycs = extract(stream, int(stream.readline()), partial)[0] \
@@ -246,8 +247,7 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
             timings["venv"] = round(time.time() - started, 3)
         started = time.time()
         compiled = apply_bytecode(partial, req, files, linked_paths,
-                                  layout.release(base) if base else None,
-                                  (layout.manifest(base) or {}) if base else {})
+                                  layout.release(base) if base else None, base_manifest)
         timings["bytecode"] = round(time.time() - started, 3)
         manifest["python"] = python_facts()
         manifest["bytecode"] = dict(compiled, mode=req["bytecode"],
@@ -264,19 +264,13 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
-        if isinstance(exc, (build.BuildError, OSError)) and not isinstance(exc, AgentError):
+        if isinstance(exc, (build.BuildError, OSError)):
             raise AgentError(str(exc)) from None
         raise
     return result
 
 
 SUMMARY_KEYS = ("revision", "ref", "created_at", "deployed_by")
-
-
-def files_digest(files: Dict[str, str]) -> str:
-    """Same as artifact.files_digest on the controller."""
-    text = "\n".join("%s %s" % (k, v) for k, v in sorted(files.items()))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def choose_base(layout: Layout) -> Optional[str]:
@@ -428,12 +422,6 @@ def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str], linked
     event("bytecode (%s): %d from the controller, %d reused, %d compiled here" % (
         req["pyc_invalidation"], shipped, reused, result["compiled"]))
     return {"compiled": result["compiled"], "reused": reused, "shipped": shipped}
-
-
-def pyc_path(source: str, cache_tag: str) -> str:
-    folder, _, name = source.rpartition("/")
-    cached = "__pycache__/%s.%s.pyc" % (name[:-3], cache_tag)
-    return folder + "/" + cached if folder else cached
 
 
 def op_activate(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:

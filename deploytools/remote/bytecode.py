@@ -14,7 +14,7 @@ its source in several situations:
 This file is shipped to remote hosts and executed by *their* interpreter (Python 3.8+), so it
 is deliberately standalone: stdlib only, no imports from the rest of ``deploytools``, no syntax
 or runtime features newer than 3.8 (annotations are strings thanks to the ``__future__``
-import).  It also works as a small CLI (``python bytecode.py scan ROOT``) printing JSON.
+import).
 """
 
 from __future__ import annotations
@@ -397,6 +397,13 @@ class _Scan:
                 True,
             )
         return "source hash differs (source edited after compile)", False
+
+
+def pyc_path(source: str, cache_tag: str) -> str:
+    """`pkg/mod.py` -> `pkg/__pycache__/mod.<tag>.pyc` (PEP 3147)."""
+    folder, _, name = source.rpartition("/")
+    cached = "__pycache__/%s.%s.pyc" % (name[:-3], cache_tag)
+    return folder + "/" + cached if folder else cached
 
 
 def scan_tree(

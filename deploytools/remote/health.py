@@ -61,7 +61,7 @@ def evaluate(status: int, body: bytes, spec: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def check(spec: Dict[str, Any], deadline_seconds: Optional[float] = None) -> Dict[str, Any]:
+def check(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Poll the URL until healthy or the deadline passes; the last attempt explains failures."""
     import urllib.error  # here: urllib costs more to import than a session without a
     import urllib.request  # health check spends on anything else
@@ -70,7 +70,7 @@ def check(spec: Dict[str, Any], deadline_seconds: Optional[float] = None) -> Dic
     timeout = float(spec.get("timeout") or 30)
     interval = float(spec.get("interval") or 1)
     request_timeout = float(spec.get("request_timeout") or 5)
-    deadline = time.time() + (deadline_seconds if deadline_seconds is not None else timeout)
+    deadline = time.time() + timeout
     attempts = 0
     started = time.time()
     problem = "not checked"

@@ -14,8 +14,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 from deploytools.remote.health import expand_placeholders
 
-POINTS = ("after_prepare", "before_switch", "after_switch", "after_restart", "after_rollback",
-          "after_failure")
 OUTPUT_LIMIT = 4000
 
 

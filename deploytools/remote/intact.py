@@ -27,17 +27,18 @@ import stat
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from deploytools.remote.releases import Layout
+from deploytools.remote.releases import Layout, in_shared, write_atomic
 
 FINE_TICK = 0.05  # seconds: ctime resolution on filesystems with sub-second timestamps
 COARSE_TICK = 1.05  # ... and on those with whole seconds only
 
 
-def intact_files(layout: Layout, release_id: str) -> Dict[str, str]:
+def intact_files(layout: Layout, release_id: str,
+                 manifest: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
     """The release's regular files whose content matches its manifest (path -> sha256)."""
     record = read_record(layout, release_id)
     intact = {}
-    for rel, digest, path, info in _shipped_files(layout, release_id):
+    for rel, digest, path, info in _shipped_files(layout, release_id, manifest):
         if record.get(rel) == [digest] + stat_key(info) or sha256(path) == digest:
             intact[rel] = digest
     return intact
@@ -76,16 +77,16 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _shipped_files(layout: Layout,
-                   release_id: str) -> Iterator[Tuple[str, str, str, os.stat_result]]:
+def _shipped_files(layout: Layout, release_id: str, manifest: Optional[Dict[str, Any]] = None
+                   ) -> Iterator[Tuple[str, str, str, os.stat_result]]:
     """(path in release, sha256, full path, lstat) of the manifest's regular files that
     are the release's own (not links into shared/)."""
-    manifest = layout.manifest(release_id) or {}
+    if manifest is None:
+        manifest = layout.manifest(release_id) or {}
     root = layout.release(release_id)
     shared = tuple(manifest.get("shared_paths") or [])
     for rel, digest in (manifest.get("files") or {}).items():
-        if digest.startswith("symlink:") or any(rel == p or rel.startswith(p + "/")
-                                                 for p in shared):
+        if digest.startswith("symlink:") or in_shared(rel, shared):
             continue
         path = os.path.join(root, rel)
         try:
@@ -119,17 +120,12 @@ def read_record(layout: Layout, release_id: str) -> Dict[str, List[Any]]:
     return {}
 
 
-def write_record(layout: Layout, release_id: str, files: Dict[str, List[Any]]) -> Optional[str]:
+def write_record(layout: Layout, release_id: str, files: Dict[str, List[Any]]) -> None:
     text = json.dumps({"release": release_id, "deploy_to": layout.deploy_to, "files": files})
     for folder in record_dirs():
         try:
             os.makedirs(folder, mode=0o700, exist_ok=True)
-            path = _record_path(layout, folder)
-            tmp = "%s.%d" % (path, os.getpid())
-            with open(tmp, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-            return path
+            write_atomic(_record_path(layout, folder), text)
+            return
         except OSError:
             continue
-    return None

@@ -12,6 +12,7 @@ Runs on the host (stdlib only, Python 3.8+). Layout, Capistrano-compatible:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -84,10 +85,14 @@ class Layout:
             return None
 
     def placeholders(self, release_id: str, base: Dict[str, str]) -> Dict[str, str]:
-        """Values for {release}, {revision} and {deploy_to} on top of the controller's."""
-        manifest = self.manifest(release_id) or {}
+        """Values for {release}, {revision} and {deploy_to} on top of the controller's.
+        The revision comes from the small state summary when prepare wrote one, not from
+        the manifest (its file table is the largest JSON on the host)."""
+        facts = self.state(release_id)
+        if "revision" not in facts:
+            facts = self.manifest(release_id) or {}
         values = dict(base)
-        values.update({"release": release_id, "revision": str(manifest.get("revision") or ""),
+        values.update({"release": release_id, "revision": str(facts.get("revision") or ""),
                        "deploy_to": self.deploy_to})
         return values
 
@@ -103,7 +108,7 @@ class Layout:
         state.update(values)
         meta = os.path.join(self.release(release_id), META_DIR)
         os.makedirs(meta, exist_ok=True)
-        _write_atomic(os.path.join(meta, STATE_FILE), json.dumps(state, sort_keys=True))
+        write_atomic(os.path.join(meta, STATE_FILE), json.dumps(state, sort_keys=True))
 
     def failure(self, release_id: str) -> Optional[str]:
         try:
@@ -116,7 +121,7 @@ class Layout:
         meta = os.path.join(self.release(release_id), META_DIR)
         if os.path.isdir(os.path.dirname(meta)):
             os.makedirs(meta, exist_ok=True)
-            _write_atomic(os.path.join(meta, FAILED_MARK), reason + "\n")
+            write_atomic(os.path.join(meta, FAILED_MARK), reason + "\n")
 
     def release_ids(self) -> List[str]:
         """Complete releases, oldest first (ids sort by time)."""
@@ -234,7 +239,7 @@ class Layout:
             os.mkdir(self.lock)
         except FileExistsError:
             return self.lock_owner() or {"owner": "unknown (no owner.json)"}
-        _write_atomic(os.path.join(self.lock, "owner.json"), json.dumps(owner, sort_keys=True))
+        write_atomic(os.path.join(self.lock, "owner.json"), json.dumps(owner, sort_keys=True))
         return None
 
     def release_lock(self, token: Optional[str], force: bool = False) -> bool:
@@ -273,7 +278,19 @@ class Layout:
         return out
 
 
-def _write_atomic(path: str, text: str) -> None:
+def files_digest(files: Dict[str, str]) -> str:
+    """One digest for a whole manifest's file table: the host checks the manifest it
+    assembled against the controller's (both sides use this function)."""
+    text = "\n".join("%s %s" % (k, v) for k, v in sorted(files.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def in_shared(rel: str, shared_paths: "list[str] | tuple[str, ...]") -> bool:
+    """Whether a release path lies in a shared path (replaced by a link into shared/)."""
+    return any(rel == p or rel.startswith(p + "/") for p in shared_paths)
+
+
+def write_atomic(path: str, text: str) -> None:
     tmp = "%s.tmp-%d" % (path, os.getpid())
     with open(tmp, "w") as fh:
         fh.write(text)

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from deploytools.remote import bytecode, health
 from deploytools.remote.intact import sha256
-from deploytools.remote.releases import META_DIR, Layout
+from deploytools.remote.releases import META_DIR, Layout, in_shared
 from deploytools.remote.supervisor import Supervisor, children_of, process_facts
 
 FIX_RESTART = "restart from the current release: `inv clear-cache --restart` or `inv deploy`"
@@ -91,7 +91,7 @@ def integrity_changes(release_dir: str, manifest: Dict[str, Any],
     skip = set(manifest.get("shared_paths") or [])
     changed, missing = [], []
     for rel, digest in sorted(files.items()):
-        if any(rel == p or rel.startswith(p + "/") for p in skip):
+        if in_shared(rel, skip):
             continue  # replaced by a link into shared/
         path = os.path.join(release_dir, rel)
         try:
