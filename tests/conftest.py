@@ -4,6 +4,7 @@ holding the sample app, and a runner for the real `inv` command line."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,9 @@ def require_sshd() -> None:
     """Integration tests need OpenSSH: missing it is a broken setup, never a skip."""
     if sshd_path() is None:
         pytest.fail("OpenSSH sshd is not installed: run .ci/run or apt-get install openssh-server")
+    if shutil.which("ssh") is None:
+        pytest.fail("the OpenSSH client is not installed: run .ci/run or apt-get install "
+                    "openssh-client")
 
 
 @dataclass

@@ -199,14 +199,36 @@ class Background:
         self._reader.join(5)
         return code, "".join(self.lines)
 
+    def stop(self) -> None:
+        """Kill the run by PID if a failed test left it going, and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(5)
+
+
+@pytest.fixture()
+def background() -> Iterator[Callable[..., Background]]:
+    """Starts Background runs; whatever a test leaves running is stopped by PID."""
+    started: list[Background] = []
+
+    def start(cli: Cli, *args: str) -> Background:
+        started.append(Background(cli, *args))
+        return started[-1]
+
+    yield start
+    for run in started:
+        run.stop()
+
 
 def test_frozen_host_times_out_and_the_rest_stays_consistent(
-        rcli: Cli, fleet4: Fleet, app_repo: AppRepo, tmp_path: Path) -> None:
+        rcli: Cli, fleet4: Fleet, app_repo: AppRepo, tmp_path: Path,
+        background: Callable[..., Background]) -> None:
     web2 = fleet4.host("web2")
     rcli.inventory = variant(rcli, tmp_path, hooks={"before_switch": ["sleep 1"]})
     app_repo.commit("frozen")
     started = time.monotonic()
-    run = Background(rcli, "deploy", "--hosts", "prod")
+    run = background(rcli, "deploy", "--hosts", "prod")
     frozen: list[int] = []
     try:
         run.wait_for(lambda line: "[web2] before_switch hook" in line)
@@ -275,10 +297,10 @@ def test_disk_full_during_prepare(rcli: Cli, fleet4: Fleet, app_repo: AppRepo) -
     assert health_releases(fleet4) == before
 
 
-def test_two_deploys_at_once_exactly_one_proceeds(rcli: Cli, fleet4: Fleet,
-                                                  app_repo: AppRepo) -> None:
+def test_two_deploys_at_once_exactly_one_proceeds(rcli: Cli, fleet4: Fleet, app_repo: AppRepo,
+                                                  background: Callable[..., Background]) -> None:
     app_repo.commit("race")
-    runs = [Background(rcli, "deploy", "--hosts", "prod") for _ in range(2)]
+    runs = [background(rcli, "deploy", "--hosts", "prod") for _ in range(2)]
     results = [run.finish() for run in runs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 5], results
@@ -289,13 +311,14 @@ def test_two_deploys_at_once_exactly_one_proceeds(rcli: Cli, fleet4: Fleet,
 
 
 def test_sigint_during_prepare_changes_nothing(rcli: Cli, fleet4: Fleet, app_repo: AppRepo,
-                                               tmp_path: Path) -> None:
+                                               tmp_path: Path,
+                                               background: Callable[..., Background]) -> None:
     before = health_releases(fleet4)
     releases_before = {h.name: [p.name for p in release_dirs(h.deploy_to)]
                        for h in fleet4.hosts}
     rcli.inventory = variant(rcli, tmp_path, hooks={"after_prepare": ["sleep 1"]})
     app_repo.commit("interrupt-prepare")
-    run = Background(rcli, "deploy", "--hosts", "prod")
+    run = background(rcli, "deploy", "--hosts", "prod")
     run.wait_for(lambda line: "after_prepare hook" in line)
     run.proc.send_signal(signal.SIGINT)
     code, out = run.finish()
@@ -306,11 +329,12 @@ def test_sigint_during_prepare_changes_nothing(rcli: Cli, fleet4: Fleet, app_rep
     assert no_locks(fleet4)
 
 
-def test_sigint_during_switch_phase_ends_consistent(rcli: Cli, fleet4: Fleet,
-                                                    app_repo: AppRepo, tmp_path: Path) -> None:
+def test_sigint_during_switch_phase_ends_consistent(
+        rcli: Cli, fleet4: Fleet, app_repo: AppRepo, tmp_path: Path,
+        background: Callable[..., Background]) -> None:
     rcli.inventory = variant(rcli, tmp_path, hooks={})
     app_repo.commit("interrupt-switch")
-    run = Background(rcli, "deploy", "--hosts", "prod", "--serial", "1")
+    run = background(rcli, "deploy", "--hosts", "prod", "--serial", "1")
     run.wait_for(lambda line: "switched current" in line)
     run.proc.send_signal(signal.SIGINT)
     code, out = run.finish()

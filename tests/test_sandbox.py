@@ -8,7 +8,6 @@ fleet leaves no process behind.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,14 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import make_fleet, require_sshd
 
 from deploytools.inventory import load_inventory
-from deploytools.sandbox import Fleet, SimHost, sshd_path, start_fleet, write_sample_app
+from deploytools.sandbox import Fleet, SimHost, start_fleet, write_sample_app
 from deploytools.transport import HostConnection
-
-needs_fleet = pytest.mark.skipif(
-    sshd_path() is None or shutil.which("ssh") is None, reason="needs OpenSSH sshd and ssh"
-)
 
 
 def ssh(
@@ -99,11 +95,9 @@ def start_app(sims: list[SimHost]) -> None:
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
-    with start_fleet(2) as started:
-        yield started
+    yield from make_fleet(2)
 
 
-@needs_fleet
 def test_fleet_layout(fleet: Fleet) -> None:
     assert [h.name for h in fleet.hosts] == ["web1", "web2"]
     assert len({h.address for h in fleet.hosts}) == 2
@@ -117,7 +111,6 @@ def test_fleet_layout(fleet: Fleet) -> None:
     assert len(lines) == 2 and all(" ssh-ed25519 " in line for line in lines)
 
 
-@needs_fleet
 def test_ssh_accepts_client_key_with_strict_host_keys(fleet: Fleet) -> None:
     for sim in fleet.hosts:
         # Each host has its own $HOME, so the controller's ~/.bashrc (pyenv shims on
@@ -130,7 +123,6 @@ def test_ssh_accepts_client_key_with_strict_host_keys(fleet: Fleet) -> None:
             assert python == fleet.python
 
 
-@needs_fleet
 def test_wrong_known_hosts_entry_is_refused(fleet: Fleet, tmp_path: Path) -> None:
     web1, web2 = fleet.hosts
     lines = fleet.known_hosts.read_text().splitlines()
@@ -143,7 +135,6 @@ def test_wrong_known_hosts_entry_is_refused(fleet: Fleet, tmp_path: Path) -> Non
     assert "IDENTIFICATION HAS CHANGED" in result.stderr or "verification failed" in result.stderr
 
 
-@needs_fleet
 def test_supervisord_answers(fleet: Fleet) -> None:
     procs = [supervisorctl(sim, "status") for sim in fleet.hosts]
     for proc in procs:
@@ -155,7 +146,6 @@ def test_supervisord_answers(fleet: Fleet) -> None:
             assert rpc.supervisor.getState()["statename"] == "RUNNING"
 
 
-@needs_fleet
 def test_app_runs_from_current(fleet: Fleet) -> None:
     start_app(fleet.hosts)
     for sim in fleet.hosts:
@@ -177,7 +167,6 @@ def test_app_runs_from_current(fleet: Fleet) -> None:
         }
 
 
-@needs_fleet
 def test_freeze_thaw_and_restart_sshd(fleet: Fleet) -> None:
     sim = fleet.hosts[1]
     sim.freeze_sshd()
@@ -195,10 +184,7 @@ def test_freeze_thaw_and_restart_sshd(fleet: Fleet) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@needs_fleet
 def test_inventory_matches_deploytools_schema(fleet: Fleet, tmp_path: Path) -> None:
-    from deploytools.inventory import load_inventory
-
     path = fleet.write_inventory(
         tmp_path / "inventory.yaml",
         groups={"prod": ["web1", "web2"], "canary": ["web1"]},
@@ -215,7 +201,6 @@ def test_inventory_matches_deploytools_schema(fleet: Fleet, tmp_path: Path) -> N
     assert inventory.groups == {"prod": ("web1", "web2"), "canary": ("web1",)}
 
 
-@needs_fleet
 def test_stop_ends_every_recorded_pid(fleet: Fleet) -> None:
     start_app(fleet.hosts)  # no-op when the app test already ran
     pids = [pid for sim in fleet.hosts for pid in (sim.sshd_pid, sim.supervisord_pid)]
@@ -279,6 +264,7 @@ def test_sample_app_extra_modules_are_deterministic(tmp_path: Path) -> None:
 def test_stop_ends_agent_sessions_left_behind(tmp_path: Path) -> None:
     """An agent session (and anything it detached) does not descend from the listening
     sshd; stopping the fleet must still end it, by PID."""
+    require_sshd()
     fleet = start_fleet(1)
     inventory = fleet.write_inventory(tmp_path / "inv.yaml", source={"path": str(tmp_path)})
     host = load_inventory(inventory).hosts["web1"]
