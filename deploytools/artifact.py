@@ -104,13 +104,20 @@ class Artifact:
         """Bytecode for these sources, compiled once per run by this interpreter (hash-based
         pycs are valid on every host with the same magic number), keyed by pyc path."""
         tag = sys.implementation.cache_tag
-        wanted = {src: pyc_path(src, tag) for src in sources if src.endswith(".py")}
+        wanted = {src: pyc_path(src, tag) for src in self.compilable(sources)}
         with self._compile_lock:
             self._compile(list(wanted), invalidation_mode)
             missing = [src for src, pyc in wanted.items() if pyc not in self._pyc_cache]
             if missing:
                 raise ConfigError(self._compile_error or f"could not compile {missing[0]}")
             return {pyc: self._pyc_cache[pyc] for pyc in wanted.values()}
+
+    def compilable(self, paths: list[str]) -> list[str]:
+        """The modules this controller compiles: regular .py files. A symlinked module is
+        left to the host, which compiles it from its target's content there (its target
+        may lie outside the release, and is never followed here)."""
+        return [p for p in paths if p.endswith(".py")
+                and not self.files.get(p, "").startswith("symlink:")]
 
     def _compile(self, sources: list[str], invalidation_mode: str) -> None:
         """Compile what is not cached yet (caller holds the lock); errors are kept."""
@@ -132,7 +139,7 @@ class Artifact:
     def start_precompile(self, invalidation_mode: str) -> None:
         """Compile every module in the background, so that fresh hosts receive the sources
         while their bytecode is being made (pycs() waits for it)."""
-        sources = [path for path in self.files if path.endswith(".py")]
+        sources = self.compilable(list(self.files))
         started = threading.Event()
 
         def work() -> None:

@@ -25,12 +25,12 @@ import time
 import zlib
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional
 
-from deploytools.remote import build, bytecode, health, hooks, verify
+from deploytools.remote import build, bytecode, health, hooks, processes, verify
 from deploytools.remote.bytecode import pyc_path
 from deploytools.remote.health import expand_placeholders
 from deploytools.remote.intact import intact_files, record_intact
 from deploytools.remote.releases import MANIFEST, META_DIR, Layout, files_digest
-from deploytools.remote.supervisor import Supervisor, SupervisorError, process_facts
+from deploytools.remote.supervisor import Supervisor, SupervisorError
 
 
 class AgentError(Exception):
@@ -400,7 +400,9 @@ def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str], linked
         previous.get("invalidation") == req["pyc_invalidation"] and \
         previous.get("magic") == importlib.util.MAGIC_NUMBER.hex()
     sources = [rel for rel in files if rel.endswith(".py")]
-    reuse = {pyc_path(rel, tag): rel for rel in sources if reusable and rel in linked}
+    # a symlinked module's pyc follows its target, which may have changed: never reused
+    reuse = {pyc_path(rel, tag): rel for rel in sources if reusable and rel in linked
+             and not files[rel].startswith("symlink:")}
     # a pyc missing in the base (cleared, never compiled there) is compiled here
     not_there = set(link_files(base_dir or "", root, reuse)) if reuse else set()
     reused = len(reuse) - len(not_there)
@@ -482,6 +484,7 @@ def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any],
                 raise AgentError("health check failed after %d attempts in %.1fs: %s"
                                  % (result["attempts"], result["seconds"], result["error"]))
             event("healthy after %.2fs" % result["seconds"])
+        steps["strays"] = warn_strays(layout)
         for point in ("after_restart", "after_rollback") if rolling_back else ("after_restart",):
             steps.setdefault("hooks", []).extend(run_hooks_or_fail(layout, point, target, req))
         steps["ok"] = True
@@ -503,23 +506,39 @@ def op_hooks(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
 
 
 def restart(layout: Layout, req: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Stop every program, then start every program, each confirmed by its state."""
+    """Stop every program, then start every program, each confirmed by its state and by
+    the freshness rule (processes.judge): exec'd in the new release, started after it."""
     sup_settings = req["supervisor"]
     sup = Supervisor(sup_settings, timeout=float(sup_settings.get("stop_timeout") or 60) + 5)
     names = sup.expand(list(req["programs"]))
     rows = [{"name": name, "old_pid": sup.info(name).get("pid") or None} for name in names]
     sup.stop_all(names, float(sup_settings.get("stop_timeout") or 60))
     event("stopped %s" % ", ".join(names))
-    release_dir = os.path.realpath(layout.current)
-    infos = sup.start_all(names, float(sup_settings.get("start_timeout") or 60))
+    release_dir = layout.current
+    switched_at = os.lstat(layout.current).st_mtime
+    start_timeout = float(sup_settings.get("start_timeout") or 60)
+    infos = sup.start_all(names, start_timeout)
+    parent = sup.pid()
     for row in rows:
         info = infos[row["name"]]
-        facts = process_facts(info["pid"])
-        row.update(new_pid=info["pid"], started_at=facts["started_at"], cwd=facts["cwd"])
-        if facts["cwd"] and not (facts["cwd"] + "/").startswith(release_dir + "/"):
-            raise AgentError("%s runs in %s, not in %s" % (row["name"], facts["cwd"], release_dir))
+        seen = processes.judge(info["pid"], release_dir, switched_at, parent, start_timeout)
+        row.update(new_pid=info["pid"], started_at=seen["started_at"], cwd=seen["cwd"])
+        if seen["problems"]:
+            raise AgentError("%s (pid %s) %s" % (row["name"], info["pid"],
+                                                 "; ".join(seen["problems"])))
+        for note in seen["unseen"]:
+            event("note: %s" % note)
     event("started %s" % ", ".join("%s (pid %s)" % (r["name"], r["new_pid"]) for r in rows))
     return rows
+
+
+def warn_strays(layout: Layout) -> List[Dict[str, Any]]:
+    """After a restart: processes still running another release's code are reported (a
+    warning here; `inv verify` fails on them)."""
+    found = processes.strays(layout.deploy_to, layout.current_id())["strays"]
+    for stray in found:
+        event("warning: %s; fix: %s" % (processes.describe_stray(stray), processes.FIX_STRAY))
+    return found
 
 
 def op_finish(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:

@@ -61,6 +61,14 @@ def evaluate(status: int, body: bytes, spec: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def describe(spec: Dict[str, Any]) -> str:
+    """What was expected beyond the status, for a passing row ("" when nothing was)."""
+    parts = ["%s == %r" % (k, v) for k, v in sorted((spec.get("expect_json") or {}).items())]
+    if spec.get("expect_text"):
+        parts.append("body contains %r" % spec["expect_text"])
+    return (", " + ", ".join(parts)) if parts else ""
+
+
 def check(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Poll the URL until healthy or the deadline passes; the last attempt explains failures."""
     import urllib.error  # here: urllib costs more to import than a session without a
