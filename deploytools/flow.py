@@ -317,7 +317,9 @@ def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
         "read_only": run.dry_run,
     }
     if owner:
-        request["lock"] = {"owner": owner, "wait": lock_wait, "expiry": settings["lock_expiry"]}
+        # a run whose controller vanished finishes its step within its own limit
+        request["lock"] = {"owner": owner, "wait": lock_wait, "expiry": settings["lock_expiry"],
+                           "orphan_wait": float(settings["ssh"]["command_timeout"]) + 10}
     result = call(run, request, console)
     run.facts["python"] = result["python"]
     run.facts["releases"] = result["releases"]
@@ -484,6 +486,9 @@ def fire_local(point: str, run: HostRun, release: str | None, console: Console) 
 
 def record_activation(run: HostRun, result: dict[str, Any]) -> None:
     attempt = result["attempt"]
+    run.facts["warnings"] = [
+        f"pid {s['pid']} ({s['user']}: {s['command'][:80]}) runs from {', '.join(s['runs'])}"
+        for s in attempt.get("strays") or []]
     run.programs = attempt.get("programs", [])
     run.health = attempt.get("health")
     run.release = result.get("release")
@@ -582,6 +587,9 @@ def call(run: HostRun, request: dict[str, Any], console: Console, quiet: bool = 
          answer: Answer | None = None) -> dict[str, Any]:
     """One agent call on this host's connection; progress lines are prefixed with the host."""
     assert run.conn is not None
+    if run.lock_token and not run.dry_run and "deploy_to" in request:
+        # the host refuses changes from a run that no longer holds its lock
+        request = dict(request, lock_token=run.lock_token)
     on_event: Callable[[str], None] | None = None
     if not quiet:
         def on_event(message: str) -> None:

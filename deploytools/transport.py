@@ -38,8 +38,8 @@ from deploytools.errors import RemoteError, UnreachableError
 from deploytools.inventory import Host
 
 REMOTE_MODULES = (
-    "bytecode", "health", "releases", "intact", "processes", "supervisor", "hooks", "build",
-    "verify", "agent",
+    "bytecode", "health", "releases", "intact", "processes", "locking", "supervisor", "hooks",
+    "build", "verify", "agent",
 )
 
 AGENT_CACHE_MISS = 75  # the bootstrap's exit status when the host lacks this agent
