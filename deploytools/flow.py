@@ -226,9 +226,9 @@ def abandon(runs: list[HostRun], console: Console, interrupts: Interrupts) -> No
             in_parallel(idle, lambda r: unlock_host(r, console), console)
     if in_flight:
         console.error("aborted while a remote step was running on "
-                      f"{', '.join(r.name for r in in_flight)}: those hosts may be mid-switch "
-                      "and keep their deploy lock. Check them with `inv verify`, then "
-                      "`inv unlock --force` once they are consistent.")
+                      f"{', '.join(r.name for r in in_flight)}: those hosts may be mid-step; "
+                      "their agents finish it (a switch ends healthy or rolled back) and "
+                      "unlock by themselves. Check them with `inv verify`.")
 
 
 def unlock_host(run: HostRun, console: Console) -> None:
@@ -624,14 +624,20 @@ def locked_run(hosts: list[Host], console: Console, action: str, release: str | 
     started = time.time()
     run_id = new_run_id()
     runs = [HostRun(host, dry_run=dry_run) for host in hosts]
-    try:
-        owner = lock_owner(run_id, action, release)
-        lock_fleet(runs, console, lambda r: check_and_lock(r, console, owner, lock_wait))
-        if not StopRule(RolloutPolicy(), len(runs), console).halted(runs, "preflight"):
-            in_parallel(runs, step, console)
-        return finish(runs, console, action, run_id, None, started)
-    finally:
-        close_all(runs)
+    with Interrupts(console) as interrupts:
+        stop = StopRule(RolloutPolicy(), len(runs), console)
+        stop.interrupts = interrupts
+        try:
+            owner = lock_owner(run_id, action, release)
+            lock_fleet(runs, console, lambda r: check_and_lock(r, console, owner, lock_wait))
+            if not stop.halted(runs, "preflight"):
+                in_parallel(active(runs), step, console)
+            return finish(runs, console, action, run_id, None, started, interrupts)
+        except BaseException:
+            abandon(runs, console, interrupts)
+            raise
+        finally:
+            close_all(runs)
 
 
 def roll_back_host(run: HostRun, console: Console, to: str | None) -> None:

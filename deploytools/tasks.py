@@ -18,7 +18,9 @@ line; exit codes are listed in deploytools.errors.ExitCode and the README.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -57,7 +59,14 @@ def _run(body: Flow, *, debug: bool = False, json: str | None = None, log: str |
     try:
         result = body(console)
     except KeyboardInterrupt:
-        raise Exit("interrupted", ExitCode.INTERRUPTED) from None
+        # A hard abort (second Ctrl-C): leave now, without waiting for the threads still
+        # in a remote step; their agents finish that step and unlock by themselves.
+        console.close()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.write("interrupted\n")
+            sys.stderr.flush()
+        os._exit(int(ExitCode.INTERRUPTED))
     except DeployToolsError as exc:
         if debug:
             traceback.print_exc()
