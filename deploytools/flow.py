@@ -127,13 +127,16 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
             once = active(runs)[0]  # run_once hooks (migrations): one host only
             in_parallel(active(runs), lambda r: prepare(r, console, artifact, r is once),
                         console)
-            if stop.halted(runs, "prepare"):
+            if stop.halted(runs, "prepare") or run_once_failed(runs, once, "after_prepare",
+                                                               console):
                 return finish(runs, console, "deploy", run_id, artifact, started, interrupts)
             if any(r.host.get("hooks.before_switch") for r in runs) or \
                     local_hooks.registered("before_switch"):
+                once = active(runs)[0] if once.failed else once
                 in_parallel(active(runs), lambda r: run_hook_point(
                     r, console, "before_switch", artifact.release_id, r is once), console)
-                if stop.halted(runs, "before_switch"):
+                if stop.halted(runs, "before_switch") or run_once_failed(
+                        runs, once, "before_switch", console):
                     return finish(runs, console, "deploy", run_id, artifact, started,
                                   interrupts)
 
@@ -186,6 +189,21 @@ def lock_fleet(runs: list[HostRun], console: Console,
             run.fail(SKIPPED, f"not contacted: {reachable[0].name} is locked")
         return
     in_parallel(reachable[1:], check, console)
+
+
+def run_once_failed(runs: list[HostRun], once: HostRun, point: str,
+                    console: Console) -> bool:
+    """A run_once hook (a migration) that failed on its host must stop the run, whatever
+    --max-failures allows: the other hosts would switch to code whose migration did not
+    run. True when the run stops here."""
+    hooks = once.host.get(f"hooks.{point}") or []
+    if not once.failed or not any(isinstance(h, dict) and h.get("run_once") for h in hooks):
+        return False
+    reason = f"not switched: the run_once {point} hooks failed on {once.name}"
+    console.error(reason)
+    for run in active(runs):
+        run.fail(SKIPPED, reason)
+    return True
 
 
 def active(runs: list[HostRun]) -> list[HostRun]:
@@ -595,11 +613,13 @@ def call(run: HostRun, request: dict[str, Any], console: Console, quiet: bool = 
         def on_event(message: str) -> None:
             console.host(run.name, message)
     run.in_flight = True
+    step_started = time.monotonic()
     try:
         reply: AgentCall = run.conn.call(request, on_event=on_event,
                                          timeout=run.remaining_time(), answer=answer)
     finally:
         run.in_flight = False
+        run.busy += time.monotonic() - step_started
     if reply.error:
         raise RemoteError(run.name, reply.error["message"])
     assert reply.result is not None

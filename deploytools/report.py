@@ -53,6 +53,7 @@ class HostRun:
     facts: dict[str, Any] = field(default_factory=dict)
     conn: HostConnection | None = None
     started: float = field(default_factory=time.monotonic)
+    busy: float = 0.0  # seconds spent in remote steps (what ssh.host_timeout bounds)
     in_flight: bool = False  # a remote step is running right now
     dry_run: bool = False  # describe changes instead of making them
 
@@ -61,12 +62,14 @@ class HostRun:
         return self.state in (FAILED, ROLLED_BACK, ROLLBACK_FAILED, UNREACHABLE, LOCKED_OUT)
 
     def remaining_time(self) -> float:
-        """What is left of this host's whole-run deadline (ssh.host_timeout)."""
+        """What is left of this host's deadline (ssh.host_timeout). It counts the time
+        the host spends in remote steps, not the time it waits for other batches: a
+        host in the last `--serial` batch is not out of time before its turn."""
         budget = float(self.host.settings["ssh"].get("host_timeout") or 3600)
         command = float(self.host.settings["ssh"].get("command_timeout") or 900)
         # the agent ends a step at `command` itself and says so; the grace lets that
         # report arrive before the controller gives the host up as hung
-        return max(1.0, min(command + STEP_GRACE, budget - (time.monotonic() - self.started)))
+        return max(1.0, min(command + STEP_GRACE, budget - self.busy))
 
     @property
     def name(self) -> str:

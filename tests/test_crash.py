@@ -179,3 +179,42 @@ def test_sigterm_in_rollback_and_clear_cache_finishes_unlocks_and_exits_130(
     assert code == 130, out
     assert_consistent(fleet2)
     assert os.path.exists(fleet2.hosts[0].deploy_to / "current")
+
+
+def with_host_hooks(cli: Cli, tmp_path: Path, host: str, host_hooks: dict,
+                    **defaults: object) -> Cli:
+    data = yaml.safe_load(with_defaults(cli, tmp_path, **defaults).inventory.read_text())
+    data["groups"]["prod"]["hosts"][host]["hooks"] = host_hooks
+    path = tmp_path / f"inv-host-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return Cli(path)
+
+
+def test_run_once_hook_moves_to_a_healthy_host_when_its_host_fails_prepare(
+        base_cli: Cli, fleet2: Fleet, app_repo: AppRepo, tmp_path: Path) -> None:
+    marker = tmp_path / "migrated"
+    cli = with_host_hooks(base_cli, tmp_path, "web1", {"after_prepare": ["false"]},
+                          hooks={"before_switch": [{"run": f"echo {{name}} > {marker}",
+                                                    "run_once": True}]})
+    app_repo.commit("run-once-moves")
+    done = cli("deploy", "--hosts", "prod", "--max-failures", "1", "--json", "-")
+    report = json.loads(done.stdout)
+    assert done.returncode == 4, done.stderr
+    assert marker.read_text().strip() == "web2"
+    outcomes = {h["name"]: h["outcome"] for h in report["hosts"]}
+    assert outcomes == {"web1": "failed", "web2": "healthy"}
+
+
+def test_a_failed_run_once_hook_stops_the_run_whatever_max_failures_allows(
+        base_cli: Cli, fleet2: Fleet, app_repo: AppRepo, tmp_path: Path) -> None:
+    before = deployed(base_cli, app_repo, "run-once-base")
+    cli = with_defaults(base_cli, tmp_path, hooks={"after_prepare": [
+        {"run": 'test "{name}" != web1', "run_once": True}]})
+    app_repo.commit("run-once-fails")
+    done = cli("deploy", "--hosts", "prod", "--max-failures", "1", "--json", "-")
+    report = json.loads(done.stdout)
+    assert done.returncode == 3, done.stderr
+    assert {h["name"]: h["outcome"] for h in report["hosts"]} == {"web1": "failed",
+                                                                   "web2": "skipped"}
+    assert {current_release(h.deploy_to) for h in fleet2.hosts} == {before}
+    assert_consistent(fleet2)
