@@ -1,0 +1,115 @@
+"""Failure paths and security against a real 3-host fleet: planted agent caches,
+symlinked shared parents, garbage health answers, credentials in the source URL.
+
+Tests share one fleet and run in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import AppRepo, Cli, cli_for, current_release, health_releases, make_fleet
+
+from deploytools.sandbox import Fleet, SimHost
+from deploytools.transport import agent_digest
+
+INTRUDER_UID = 65534  # "nobody": another user than the SSH user (root)
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    yield from make_fleet(3)
+
+
+@pytest.fixture(scope="module")
+def cli(fleet: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    return cli_for(fleet, app_repo, tmp_path_factory)
+
+
+def set_defaults(cli: Cli, **values: object) -> None:
+    data = yaml.safe_load(cli.inventory.read_text())
+    for key, value in values.items():
+        if value is None:
+            data["defaults"].pop(key, None)
+        else:
+            data["defaults"][key] = value
+    cli.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def plant_agent(folder: Path, marker: Path, uid: int, dir_uid: int | None = None) -> Path:
+    """A 'cached agent' whose code writes `marker`, under the name the bootstrap looks
+    for, owned by `uid` (the folder by `dir_uid`, default `uid`), mode 0700/0600."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    name = f"agent-{agent_digest()}.{sys.implementation.cache_tag}"
+    code = compile(f"open({str(marker)!r}, 'w').write('planted code ran')", "<x>", "exec")
+    planted = folder / name
+    planted.write_bytes(marshal.dumps([("deploytools.remote.agent", code)]))
+    planted.chmod(0o600)
+    os.chown(planted, uid, uid)
+    os.chown(folder, dir_uid if dir_uid is not None else uid, -1)
+    return planted
+
+
+def test_planted_agent_cache_is_never_executed(cli: Cli, fleet: Fleet, app_repo: AppRepo,
+                                               tmp_path: Path) -> None:
+    """Every place a bootstrap might look holds a planted agent: a cache dir owned by
+    another user, our own dir holding another user's file, a symlinked cache dir, and the
+    old /tmp fallback. None runs; every host deploys, and the hosts whose cache was
+    unusable still work (inline, uncached)."""
+    marker = tmp_path / "pwned"
+    web1, web2, web3 = fleet.hosts
+    for host in fleet.hosts:
+        shutil.rmtree(host.home / ".cache", ignore_errors=True)
+    plant_agent(web1.home / ".cache" / "deploytools", marker, INTRUDER_UID)
+    planted2 = plant_agent(web2.home / ".cache" / "deploytools", marker, INTRUDER_UID,
+                           dir_uid=os.geteuid())
+    elsewhere = tmp_path / "elsewhere"
+    plant_agent(elsewhere, marker, os.geteuid())  # ours, but reached through a symlink
+    (web3.home / ".cache").mkdir(mode=0o700)
+    (web3.home / ".cache" / "deploytools").symlink_to(elsewhere)
+    legacy = Path(f"/tmp/deploytools-{os.geteuid()}")
+    made_legacy = not legacy.exists()
+    try:
+        if made_legacy:
+            plant_agent(legacy, marker, INTRUDER_UID)
+        app_repo.commit("cache1")
+        cli("deploy", "--hosts", "prod", check=True)
+        cli("status", "--hosts", "prod", check=True)  # a second run, cached where possible
+    finally:
+        if made_legacy:
+            shutil.rmtree(legacy, ignore_errors=True)
+    assert not marker.exists(), "a planted agent was executed"
+    assert len(set(health_releases(fleet).values())) == 1
+    assert None not in health_releases(fleet).values()
+    # web2's own private dir got a real cache entry in place of the planted file
+    assert planted2.stat().st_uid == os.geteuid() and planted2.stat().st_mode & 0o077 == 0
+    # web1's dir belongs to another user: nothing was written into it either
+    assert not any(p.stat().st_uid == os.geteuid()
+                   for p in (web1.home / ".cache" / "deploytools").iterdir())
+    for host in fleet.hosts:
+        shutil.rmtree(host.home / ".cache", ignore_errors=True)
+
+
+def test_fresh_host_caches_agent_privately(cli: Cli, fleet: Fleet) -> None:
+    cli("status", "--hosts", "prod", check=True)
+    for host in fleet.hosts:
+        cache = host.home / ".cache" / "deploytools"
+        assert cache.stat().st_mode & 0o777 == 0o700 and not cache.is_symlink()
+        entries = [p for p in cache.iterdir() if p.name.startswith("agent-")]
+        assert entries and all(p.stat().st_mode & 0o077 == 0 for p in entries)
+
+
+def host_current(host: SimHost) -> str | None:
+    return current_release(host.deploy_to)
+
+
+
