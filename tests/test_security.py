@@ -113,3 +113,52 @@ def host_current(host: SimHost) -> str | None:
 
 
 
+
+
+def test_symlinked_parent_of_shared_dir_touches_nothing_outside(
+        cli: Cli, fleet: Fleet, app_repo: AppRepo, tmp_path: Path) -> None:
+    """`public -> OUTSIDE` in the repo plus `shared.dirs: [public/uploads]`: the deploy is
+    refused naming the path, and OUTSIDE/uploads (a user's files) is left as it was."""
+    before = health_releases(fleet)
+    outside = tmp_path / "outside"
+    (outside / "uploads").mkdir(parents=True)
+    (outside / "uploads" / "photo.jpg").write_text("a user's file")
+    (app_repo.path / "public").symlink_to(outside)
+    set_defaults(cli, shared={"dirs": ["public/uploads"]})
+    try:
+        app_repo.commit("symlinked-parent")
+        done = cli("deploy", "--hosts", "prod")
+    finally:
+        (app_repo.path / "public").unlink()
+        set_defaults(cli, shared=None)
+        app_repo.commit("symlinked-parent-fixed")
+    assert done.returncode != 0, done.stdout
+    assert "public/uploads" in done.stderr and "public in the release is a symlink" \
+        in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert (outside / "uploads").is_dir() and not (outside / "uploads").is_symlink()
+    assert (outside / "uploads" / "photo.jpg").read_text() == "a user's file"
+    assert sorted(p.name for p in outside.iterdir()) == ["uploads"]
+    assert health_releases(fleet) == before
+
+
+def test_python_file_under_shared_dir(cli: Cli, fleet: Fleet, app_repo: AppRepo) -> None:
+    """A `.py` in the repo under a shared dir neither breaks prepare nor gets bytecode
+    compiled into shared/ (the shared copy is the host's, not the release's)."""
+    (app_repo.path / "media").mkdir(exist_ok=True)
+    (app_repo.path / "media" / "plugin.py").write_text("X = 1\n")
+    set_defaults(cli, shared={"dirs": ["media"]})
+    try:
+        app_repo.commit("py-in-shared")
+        cli("deploy", "--hosts", "prod", check=True)  # shared/media/plugin.py absent
+        for host in fleet.hosts:
+            (host.deploy_to / "shared" / "media" / "plugin.py").write_text("X = 2\n")
+        app_repo.commit("py-in-shared-2")
+        cli("deploy", "--hosts", "prod", check=True)  # ... and present
+        cli("verify", "--hosts", "prod", check=True)
+    finally:
+        (app_repo.path / "media" / "plugin.py").unlink()
+        set_defaults(cli, shared=None)
+    for host in fleet.hosts:
+        assert (host.deploy_to / "current" / "media").is_symlink()
+        assert not (host.deploy_to / "shared" / "media" / "__pycache__").exists()
