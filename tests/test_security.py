@@ -162,3 +162,30 @@ def test_python_file_under_shared_dir(cli: Cli, fleet: Fleet, app_repo: AppRepo)
     for host in fleet.hosts:
         assert (host.deploy_to / "current" / "media").is_symlink()
         assert not (host.deploy_to / "shared" / "media" / "__pycache__").exists()
+
+
+@pytest.mark.parametrize("mode", ["garbage", "truncated"])
+def test_malformed_health_answer_rolls_back(cli: Cli, fleet: Fleet, app_repo: AppRepo,
+                                            tmp_path: Path, mode: str) -> None:
+    """/health answering not-HTTP (BadStatusLine) or a short body (IncompleteRead) is an
+    unhealthy host like any other: switched back, restarted, re-checked, the release
+    marked failed, exit 3 with every host rolled_back in the report."""
+    app_repo.commit(f"good-before-{mode}")
+    cli("deploy", "--hosts", "prod", check=True)
+    good = {host_current(h) for h in fleet.hosts}
+    assert len(good) == 1
+    app_repo.commit(f"health-{mode}", health_mode=mode)
+    report = tmp_path / "report.json"
+    done = cli("deploy", "--hosts", "prod", "--json", str(report))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    data = json.loads(report.read_text())
+    assert {h["outcome"] for h in data["hosts"]} == {"rolled_back"}, data["hosts"]
+    assert {host_current(h) for h in fleet.hosts} == good
+    assert set(health_releases(fleet).values()) == good
+    for host in fleet.hosts:
+        failed = [p for p in (host.deploy_to / "releases").iterdir()
+                  if (p / ".deploytools" / "FAILED").exists()]
+        assert any(p.name.endswith(app_repo.git("rev-parse", "--short=7", "HEAD"))
+                   for p in failed)
+    app_repo.commit(f"health-{mode}-fixed")

@@ -494,6 +494,11 @@ def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any],
     except (SupervisorError, OSError, RuntimeError) as exc:
         steps["error"] = str(exc)
         event("failed: %s" % exc)
+    except Exception as exc:  # noqa: BLE001 - after a switch, anything is a failed activation
+        # (an XML-RPC Fault, a KeyError in a state wait, a bug): the caller must still
+        # switch back, restart, re-check and mark the release failed.
+        steps["error"] = "%s: %s" % (type(exc).__name__, exc)
+        event("failed: %s" % steps["error"])
     steps["seconds"] = round(time.time() - started, 3)
     return steps
 
