@@ -32,6 +32,7 @@ from deploytools.errors import ConfigError
 from deploytools.remote import bytecode
 from deploytools.remote.bytecode import pyc_path
 from deploytools.remote.releases import files_digest
+from deploytools.report import strip_credentials
 
 _Member = tuple[tarfile.TarInfo, bytes | None]
 
@@ -240,7 +241,7 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         "id": release_id,
         "revision": revision,
         "ref": ref,
-        "source": origin,
+        "source": strip_credentials(origin),  # release.json lives on every host
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
         "deployed_by": f"{getpass.getuser()}@{socket.gethostname()}",
         "deploytools": __version__,

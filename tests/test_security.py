@@ -189,3 +189,31 @@ def test_malformed_health_answer_rolls_back(cli: Cli, fleet: Fleet, app_repo: Ap
         assert any(p.name.endswith(app_repo.git("rev-parse", "--short=7", "HEAD"))
                    for p in failed)
     app_repo.commit(f"health-{mode}-fixed")
+
+
+def test_credentials_in_source_url_never_reach_hosts(
+        cli: Cli, fleet: Fleet, app_repo: AppRepo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`source.repo: https://user:TOKEN@...` (here redirected to the local repo by git's
+    insteadOf): release.json and history on the hosts hold the URL without the token,
+    and nothing the run prints shows it."""
+    token = "s3cr3tTOKENvalue"
+    url = f"https://deployer:{token}@git.example.invalid/app.git"
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", f"url.{app_repo.path}.insteadOf")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", url)
+    original = cli.inventory.read_text()
+    set_defaults(cli, source={"repo": url})
+    try:
+        app_repo.commit("with-token-url")
+        done = cli("deploy", "--hosts", "prod", "--debug")
+    finally:
+        cli.inventory.write_text(original)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert token not in done.stdout + done.stderr
+    for host in fleet.hosts:
+        release = host.deploy_to / "current" / ".deploytools" / "release.json"
+        manifest = json.loads(release.read_text())
+        assert manifest["source"] == "https://git.example.invalid/app.git"
+        for path in (host.deploy_to / ".deploytools").rglob("*"):
+            if path.is_file():
+                assert token not in path.read_text(errors="replace"), path
