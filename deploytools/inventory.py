@@ -10,6 +10,7 @@ everything else is replaced.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -115,8 +116,15 @@ def _absolute_path(value: Any, path: str) -> str:
     return text
 
 
+def normalise_path(text: str) -> str:
+    """An absolute path in one canonical spelling: `//etc`, `/./etc` and `/etc/.` are all
+    `/etc` (normpath alone keeps a leading `//`, which POSIX leaves implementation-defined).
+    Guards compare this, never the spelling a user typed."""
+    return posixpath.normpath("/" + text.lstrip("/"))
+
+
 def _deploy_to(value: Any, path: str) -> str:
-    text = _absolute_path(value, path).rstrip("/") or "/"
+    text = normalise_path(_absolute_path(value, path))
     if text in SYSTEM_DIRS:
         raise _Invalid(f"expected a dedicated directory, not the system directory {text!r}")
     return text

@@ -3,7 +3,14 @@ hook quoting, inventory validation."""
 
 from __future__ import annotations
 
-from deploytools.report import mask_secrets, strip_credentials
+import io
+
+import pytest
+
+from deploytools.errors import ConfigError, InventoryError
+from deploytools.inventory import parse_inventory
+from deploytools.operations import clear_cache
+from deploytools.report import make_console, mask_secrets, strip_credentials
 
 
 def test_masking_catches_token_userinfo_password_only_and_webhook_paths() -> None:
@@ -30,3 +37,30 @@ def test_strip_credentials_drops_userinfo_secrets_only() -> None:
     assert strip_credentials("git@h:r.git") == "git@h:r.git"
     assert strip_credentials("/srv/repos/app") == "/srv/repos/app"
     assert "pw" not in strip_credentials("ssh://git:pw@h/r")
+
+
+def _inventory(**defaults: object) -> dict:
+    return {
+        "defaults": {"deploy_to": "/srv/app", "source": {"path": "."},
+                     "supervisor": {"programs": ["web"]}, **defaults},
+        "groups": {"prod": {"hosts": {"web1": {"host": "127.0.0.1"}}}},
+    }
+
+
+@pytest.mark.parametrize("spelling", ["/etc/.", "//etc", "/./etc", "///etc//", "/usr/./lib",
+                                      "//", "/srv/."])
+def test_deploy_to_guard_sees_through_spellings(spelling: str) -> None:
+    with pytest.raises(InventoryError, match="system directory"):
+        parse_inventory(_inventory(deploy_to=spelling))
+
+
+def test_deploy_to_is_normalised() -> None:
+    inv = parse_inventory(_inventory(deploy_to="//srv/./app//"))
+    assert inv.hosts["web1"].deploy_to == "/srv/app"
+
+
+def test_clear_cache_path_guard_sees_through_spellings() -> None:
+    host = parse_inventory(_inventory()).hosts["web1"]
+    for path in ("/srv/app/../../etc", "/srv/app/./../x", "/srv/appx", "//srv/other"):
+        with pytest.raises(ConfigError):
+            clear_cache([host], make_console(io.StringIO()), path=path, dry_run=True)
