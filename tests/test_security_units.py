@@ -4,11 +4,12 @@ hook quoting, inventory validation."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
 from deploytools.errors import ConfigError, InventoryError
-from deploytools.inventory import parse_inventory
+from deploytools.inventory import load_inventory, parse_inventory
 from deploytools.operations import clear_cache
 from deploytools.report import make_console, mask_secrets, strip_credentials
 
@@ -64,3 +65,41 @@ def test_clear_cache_path_guard_sees_through_spellings() -> None:
     for path in ("/srv/app/../../etc", "/srv/app/./../x", "/srv/appx", "//srv/other"):
         with pytest.raises(ConfigError):
             clear_cache([host], make_console(io.StringIO()), path=path, dry_run=True)
+
+
+def test_duplicate_yaml_keys_name_file_key_path_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.yaml"
+    path.write_text("defaults:\n  deploy_to: /srv/a\n  source: {path: .}\n"
+                    "  supervisor: {programs: [web]}\n  deploy_to: /srv/b\n"
+                    "groups:\n  prod:\n    hosts:\n      web1: {host: 127.0.0.1}\n")
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    message = str(caught.value)
+    assert str(path) in message and "defaults.deploy_to" in message and "line 5" in message
+    assert caught.value.exit_code == 2 and "\n" not in message
+
+
+def test_group_listing_a_host_by_name_applies_its_vars() -> None:
+    data = _inventory()
+    data["groups"]["canary"] = {"vars": {"keep_releases": 9}, "hosts": ["web1"]}
+    host = parse_inventory(data).hosts["web1"]
+    assert host.settings["keep_releases"] == 9 and host.groups == ("prod", "canary")
+    data["groups"]["prod"]["hosts"]["web1"]["keep_releases"] = 4  # the host still wins
+    assert parse_inventory(data).hosts["web1"].settings["keep_releases"] == 4
+
+
+@pytest.mark.parametrize(("address", "hint"), [
+    ("10.0.0.1:2222", "port: 2222"), ("[fe80::1]:22", "port: 22"),
+    ("deploy@web1.example.com", "user: deploy"), ("ops@10.0.0.1", "host: 10.0.0.1")])
+def test_host_with_port_or_user_is_refused_with_a_hint(address: str, hint: str) -> None:
+    data = _inventory()
+    data["groups"]["prod"]["hosts"]["web1"]["host"] = address
+    with pytest.raises(InventoryError, match="groups.prod.hosts.web1.host") as caught:
+        parse_inventory(data)
+    assert hint in str(caught.value) and caught.value.exit_code == 2
+
+
+def test_plain_ipv6_address_is_accepted() -> None:
+    data = _inventory()
+    data["groups"]["prod"]["hosts"]["web1"]["host"] = "fe80::1"
+    assert parse_inventory(data).hosts["web1"].address == "fe80::1"
