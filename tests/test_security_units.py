@@ -4,10 +4,13 @@ hook quoting, inventory validation."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from deploytools.artifact import build_artifact
 from deploytools.errors import ConfigError, InventoryError
 from deploytools.inventory import load_inventory, parse_inventory
 from deploytools.operations import clear_cache
@@ -103,3 +106,20 @@ def test_plain_ipv6_address_is_accepted() -> None:
     data = _inventory()
     data["groups"]["prod"]["hosts"]["web1"]["host"] = "fe80::1"
     assert parse_inventory(data).hosts["web1"].address == "fe80::1"
+
+
+def test_non_utf8_file_name_is_a_clear_planning_error(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "app.py").write_text("X = 1\n")
+    with open(os.path.join(os.fsencode(repo), b"caf\xe9.txt"), "w") as fh:
+        fh.write("x")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    for source in ({"repo": str(repo)}, {"path": str(repo)}):
+        with pytest.raises(ConfigError, match=r"file name b'caf\\xe9.txt' is not valid UTF-8"):
+            build_artifact(dict(source, exclude=()), "HEAD" if "repo" in source else None)
+    built = build_artifact({"path": str(repo), "exclude": ("caf*",)})
+    assert set(built.manifest["files"]) == {"app.py"}
