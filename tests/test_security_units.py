@@ -14,6 +14,7 @@ from deploytools.artifact import build_artifact
 from deploytools.errors import ConfigError, InventoryError
 from deploytools.inventory import load_inventory, parse_inventory
 from deploytools.operations import clear_cache
+from deploytools.remote.hooks import run_hooks
 from deploytools.report import make_console, mask_secrets, strip_credentials
 
 
@@ -123,3 +124,15 @@ def test_non_utf8_file_name_is_a_clear_planning_error(tmp_path: Path) -> None:
             build_artifact(dict(source, exclude=()), "HEAD" if "repo" in source else None)
     built = build_artifact({"path": str(repo), "exclude": ("caf*",)})
     assert set(built.manifest["files"]) == {"app.py"}
+
+
+def test_hook_placeholders_are_shell_quoted(tmp_path: Path) -> None:
+    """A hostile value (here a deploy_to with shell syntax) reaches the hook as one word
+    and runs nothing: the hook is run for real by the host-side runner, in a real shell."""
+    pwned = tmp_path / "PWNED"
+    hostile = f"/srv/a b; touch {pwned}; $(touch {pwned}) `touch {pwned}` '\""
+    values = {"deploy_to": hostile, "name": "web1", "release": "r1"}
+    results = run_hooks("after_restart", {"after_restart": ["printf '%s|' {deploy_to} {name}"]},
+                        str(tmp_path), values, True, lambda line: None)
+    assert results[0]["output"] == f"{hostile}|web1|"
+    assert not pwned.exists()
