@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +32,7 @@ from deploytools.errors import ConfigError
 from deploytools.remote import bytecode
 from deploytools.remote.bytecode import pyc_path
 from deploytools.remote.releases import files_digest
+from deploytools.report import strip_credentials
 
 _Member = tuple[tarfile.TarInfo, bytes | None]
 
@@ -207,6 +208,18 @@ def excluded(relpath: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
+def _refuse_non_utf8(names: Iterable[str], where: str) -> None:
+    """Manifests, the wire and the hosts' checks are UTF-8: a file name that is not
+    (it arrives with surrogate escapes) is a planning error naming it, not a traceback."""
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(name)
+            raise ConfigError(f"{where}: file name {raw!r} is not valid UTF-8; rename it "
+                              "(or exclude it with source.exclude)") from None
+
+
 def make_release_id(now: float, revision: str | None) -> str:
     """UTC timestamp plus short sha: sorting release ids by name sorts them by time."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
@@ -225,6 +238,7 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         if not revision:
             raise ConfigError(f"ref {ref!r} not found in {source['repo']}")
         files, size, members, fetch = _from_git(repo, revision, patterns)
+        _refuse_non_utf8(files, f"{source['repo']} at {ref}")
         release_id = make_release_id(now, revision)
         origin = source["repo"]
     elif source.get("path"):
@@ -232,6 +246,7 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         if not root.is_dir():
             raise ConfigError(f"source.path {root} is not a directory")
         members = _from_directory(root, patterns)
+        _refuse_non_utf8((info.name for info, _ in members), str(root))
         files = _hash_members(members)
         size = sum(len(body) for _, body in members if body is not None)
         fetch = None
@@ -247,7 +262,7 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         "id": release_id,
         "revision": revision,
         "ref": ref,
-        "source": origin,
+        "source": strip_credentials(origin),  # release.json lives on every host
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
         "deployed_by": f"{getpass.getuser()}@{socket.gethostname()}",
         "deploytools": __version__,

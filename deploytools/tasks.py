@@ -69,11 +69,12 @@ def _run(body: Flow, *, debug: bool = False, json: str | None = None, log: str |
         os._exit(int(ExitCode.INTERRUPTED))
     except DeployToolsError as exc:
         if debug:
-            traceback.print_exc()
+            sys.stderr.write(mask_secrets(traceback.format_exc()))
         raise Exit(mask_secrets(f"error: {exc}"), int(exc.exit_code)) from None
     except Exception as exc:
-        traceback.print_exc(file=sys.stderr)
-        raise Exit(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL) from None
+        sys.stderr.write(mask_secrets(traceback.format_exc()))
+        raise Exit(mask_secrets(f"internal error: {type(exc).__name__}: {exc}"),
+                   ExitCode.INTERNAL) from None
     finally:
         console.close()
         # What is left is garbage the process exit frees wholesale; a last full collection

@@ -29,7 +29,7 @@ from deploytools.remote import build, bytecode, health, hooks, locking, processe
 from deploytools.remote.bytecode import pyc_path
 from deploytools.remote.health import expand_placeholders
 from deploytools.remote.intact import intact_files, record_intact
-from deploytools.remote.releases import MANIFEST, META_DIR, Layout, files_digest
+from deploytools.remote.releases import MANIFEST, META_DIR, Layout, files_digest, in_shared
 from deploytools.remote.supervisor import Supervisor, SupervisorError
 
 
@@ -275,7 +275,9 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
             manifest["venv"] = result["venv"]["key"]
             timings["venv"] = round(time.time() - started, 3)
         started = time.time()
-        compiled = apply_bytecode(partial, req, files, linked_paths,
+        own_files = {p: d for p, d in files.items()  # shared paths are links: not ours
+                     if not in_shared(p, manifest["shared_paths"])}
+        compiled = apply_bytecode(partial, req, own_files, linked_paths,
                                   layout.release(base) if base else None, base_manifest)
         timings["bytecode"] = round(time.time() - started, 3)
         manifest["python"] = python_facts()
@@ -527,6 +529,11 @@ def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any],
     except (SupervisorError, OSError, RuntimeError) as exc:
         steps["error"] = str(exc)
         event("failed: %s" % exc)
+    except Exception as exc:  # noqa: BLE001 - after a switch, anything is a failed activation
+        # (an XML-RPC Fault, a KeyError in a state wait, a bug): the caller must still
+        # switch back, restart, re-check and mark the release failed.
+        steps["error"] = "%s: %s" % (type(exc).__name__, exc)
+        event("failed: %s" % steps["error"])
     steps["seconds"] = round(time.time() - started, 3)
     return steps
 

@@ -71,6 +71,7 @@ def describe(spec: Dict[str, Any]) -> str:
 
 def check(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Poll the URL until healthy or the deadline passes; the last attempt explains failures."""
+    import http.client  # its errors: garbage status lines, truncated bodies
     import urllib.error  # here: urllib costs more to import than a session without a
     import urllib.request  # health check spends on anything else
 
@@ -95,9 +96,9 @@ def check(spec: Dict[str, Any]) -> Dict[str, Any]:
         except urllib.error.HTTPError as exc:
             status = exc.code
             body = exc.read(65536) if exc.fp else b""
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
-            problem = "no answer: %s" % reason
+            problem = "no answer: %s" % (reason if str(reason) else type(exc).__name__)
         if status:
             problem = evaluate(status, body, spec) or ""
             if not problem:
