@@ -48,10 +48,11 @@ def test_precedence_host_over_group_over_defaults(tmp_path: Path) -> None:
     assert web1.get("health.timeout") == 5.0
     assert web1.get("health.url") == "http://{host}:8000/health"
     assert stage1.get("health.timeout") == 30.0
-    assert (web2.port, web1.port) == (2222, 22)
+    # a port set nowhere stays unset: ssh_config's Port applies, else 22 (deploytools.access)
+    assert (web2.port, web1.port) == (2222, None)
     assert (web1.user, stage1.user) == ("deploy", "ops")
     # relative key path resolves against the inventory's directory
-    assert web1.get("ssh.identity") == str(tmp_path / "keys/id_ed25519")
+    assert web1.get("ssh.identity") == (str(tmp_path / "keys/id_ed25519"),)
     assert web1.get("pyc_invalidation") == "checked-hash"
 
 
