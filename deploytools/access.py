@@ -183,6 +183,10 @@ def _load_key(path: str) -> _KeyFile:
         return entry
     except paramiko.PasswordRequiredException:
         entry.problem = "encrypted"
+    except TypeError as exc:  # cryptography's word for an encrypted OpenSSH-format key
+        if "password" not in str(exc).lower():
+            raise
+        entry.problem = "encrypted"
     except FileNotFoundError:
         entry.problem = "not found"
         return entry
@@ -308,7 +312,12 @@ class KeyAuth(AuthStrategy):
                  f"{self.endpoint.hostname}:{self.endpoint.port}"]
         if self.allowed is not None:
             parts.append(f"server accepts: {', '.join(self.allowed) or 'nothing'}")
-        tried = ", ".join(self.tried) if self.tried else "no key"
-        parts.append(f"tried {tried} (all refused)" if self.tried else f"tried {tried}")
+        if self.tried:
+            parts.append(f"tried {', '.join(self.tried)} (all refused)")
+        elif not self.endpoint.identities:
+            parts.append("no key to offer (no ssh.identity, no ssh_config IdentityFile, "
+                         "no ~/.ssh/id_* file)")
+        else:
+            parts.append("no usable key")
         parts.extend(self.notes)
         return "; ".join(parts)
