@@ -241,3 +241,32 @@ def test_wrong_jump_host_key_is_refused_naming_the_hop(
     assert "CHANGED" in done.stderr and "refusing to connect" in done.stderr
     assert releases(fleet) == before  # nothing deployed
     assert len(forwards(jump)) == forwarded  # nothing went through the unverified hop
+
+
+def test_two_hops_each_verified(fleet: Fleet, jump: SimHost, app_repo: AppRepo,
+                                tmp_path: Path) -> None:
+    second = start_jump_host(fleet, tmp_path / "jump2")
+    try:
+        cli = Cli(tmp_path / "inv.yaml")
+        hops = [f"{jump.address}:{jump.port}", f"{fleet.user}@{second.address}:{second.port}"]
+        inventory(fleet, app_repo, cli.inventory, proxy_jump=hops, config=False)
+        before = len(forwards(jump))
+        cli("check", "--hosts", "prod", check=True)
+        assert set(forwards(jump)[before:]) == {second.address}  # first hop: to the second only
+        assert sorted(set(forwards(second))) == sorted(h.address for h in fleet.hosts)
+        assert logins(second) == 1  # shared by both targets
+    finally:
+        second.stop_sshd()
+
+
+def test_proxy_command_from_ssh_config(fleet: Fleet, jump: SimHost, app_repo: AppRepo,
+                                       tmp_path: Path) -> None:
+    command = (f"ssh -q -i {fleet.client_key} -o IdentitiesOnly=yes -o BatchMode=yes "
+               f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes "
+               f"-p {jump.port} -W %h:%p {fleet.user}@{jump.address}")
+    config = alias_config(fleet, tmp_path / "ssh_config", extra=f"  ProxyCommand {command}")
+    cli = Cli(tmp_path / "inv.yaml")
+    alias_inventory(fleet, app_repo, cli.inventory, config)
+    before = len(forwards(jump))
+    cli("check", "--hosts", "prod", check=True)
+    assert sorted(set(forwards(jump)[before:])) == sorted(h.address for h in fleet.hosts)
