@@ -3,9 +3,13 @@ processes started as children and stopped by PID (additive to deploytools.sandbo
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,3 +102,120 @@ def forwards(jump: SimHost) -> list[str]:
 def logins(jump: SimHost) -> int:
     """SSH logins the jump host accepted (one per shared connection)."""
     return jump.sshd_log.read_text(errors="replace").count("Accepted publickey")
+
+
+# ----------------------------------------------------------------------------- isolation
+# A controller that can reach the jump host and nothing else: it runs in a network
+# namespace of its own (only `lo`, nothing listening), where 127.0.0.1:PORT is relayed to
+# the jump host's sshd. A direct connection to any target is then impossible, so a
+# deploy that passes went through the jump host.
+
+CLONE_NEWNET = 0x40000000
+
+
+@dataclass
+class Isolated:
+    """The namespace (held by a sleeping process) and the relay into the jump host."""
+
+    holder: subprocess.Popen[bytes]
+    listener: socket.socket
+    port: int
+    target: tuple[str, int]
+    _threads: list[threading.Thread]
+    _stopping: threading.Event
+
+    @property
+    def netns(self) -> str:
+        return f"/proc/{self.holder.pid}/ns/net"
+
+    def command(self, argv: list[str]) -> list[str]:
+        """argv run inside the namespace."""
+        return ["nsenter", f"--net={self.netns}", *argv]
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            for a, b in ((client, upstream), (upstream, client)):
+                thread = threading.Thread(target=_pipe, args=(a, b), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        if self.holder.poll() is None:
+            self.holder.terminate()
+            self.holder.wait(5)
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def _listen_in(netns: str, port: int) -> socket.socket:
+    """A listening socket on 127.0.0.1:port inside `netns`: setns(2) in a thread of its
+    own (network namespaces are per thread), which then ends; the socket stays there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    made: dict[str, object] = {}
+
+    def work() -> None:
+        fd = os.open(netns, os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                made["error"] = OSError(ctypes.get_errno(), "setns failed")
+                return
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen(64)
+            made["sock"] = sock
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    if "error" in made:
+        raise made["error"]  # type: ignore[misc]
+    return made["sock"]  # type: ignore[return-value]
+
+
+def isolate_behind(jump: SimHost, port: int = 2222) -> Isolated:
+    """A network namespace whose only way out is 127.0.0.1:port -> the jump host."""
+    holder = subprocess.Popen(
+        ["unshare", "--net", "sh", "-c", "ip link set lo up && echo ready && exec sleep 3600"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert holder.stdout is not None
+    if holder.stdout.readline().strip() != b"ready":
+        holder.kill()
+        holder.wait(5)
+        raise RuntimeError("could not create a network namespace (unshare --net needs root)")
+    try:
+        listener = _listen_in(f"/proc/{holder.pid}/ns/net", port)
+    except BaseException:
+        holder.kill()
+        holder.wait(5)
+        raise
+    isolated = Isolated(holder, listener, port, (jump.address, jump.port), [],
+                        threading.Event())
+    server = threading.Thread(target=isolated._serve, daemon=True)
+    server.start()
+    isolated._threads.append(server)
+    return isolated

@@ -4,18 +4,20 @@ whose key is verified like a target's, and the failures each of these can produc
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from accesskit import Agent, forwards, logins, start_agent, start_jump_host
-from conftest import AppRepo, Cli, current_release, make_fleet
+from accesskit import Agent, forwards, isolate_behind, logins, start_agent, start_jump_host
+from conftest import REPO_ROOT, AppRepo, Cli, current_release, make_fleet
 
 from deploytools import access
-from deploytools.sandbox import Fleet, SimHost
+from deploytools.sandbox import Fleet, SimHost, _public_key
 
 
 @pytest.fixture(scope="module")
@@ -270,3 +272,39 @@ def test_proxy_command_from_ssh_config(fleet: Fleet, jump: SimHost, app_repo: Ap
     before = len(forwards(jump))
     cli("check", "--hosts", "prod", check=True)
     assert sorted(set(forwards(jump)[before:])) == sorted(h.address for h in fleet.hosts)
+
+
+def test_targets_reachable_only_through_the_jump_host(fleet: Fleet, jump: SimHost,
+                                                      app_repo: AppRepo, tmp_path: Path) -> None:
+    """The controller runs in a network namespace of its own whose only way out is
+    127.0.0.1:2222, relayed to the jump host: a direct connection cannot reach a target."""
+    isolated = isolate_behind(jump)
+    try:
+        known = tmp_path / "known_hosts"
+        known.write_text(fleet.known_hosts.read_text()
+                         + f"[127.0.0.1]:{isolated.port} {_public_key(jump.host_key)}\n")
+        env = {k: v for k, v in os.environ.items() if k != "DEPLOYTOOLS_INVENTORY"}
+
+        def inv(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+            argv = [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), *args,
+                    "--inventory", str(path)]
+            return subprocess.run(isolated.command(argv), capture_output=True, text=True,
+                                  env=env, timeout=300)
+
+        direct = tmp_path / "direct.yaml"
+        inventory(fleet, app_repo, direct, known_hosts=str(known), config=False)
+        done = inv(direct, "check", "--hosts", "prod")
+        assert done.returncode == 6, done.stdout + done.stderr  # no way in without the hop
+        assert "refused" in done.stderr or "cannot connect" in done.stderr
+
+        jumped = tmp_path / "jumped.yaml"
+        inventory(fleet, app_repo, jumped, known_hosts=str(known), config=False,
+                  proxy_jump=f"127.0.0.1:{isolated.port}")
+        before = len(forwards(jump))
+        sha = app_repo.commit("isolated-v1")
+        done = inv(jumped, "deploy", "--hosts", "prod")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert {r.rsplit("-", 1)[-1] for r in releases(fleet) if r} == {sha[:7]}
+        assert sorted(set(forwards(jump)[before:])) == sorted(h.address for h in fleet.hosts)
+    finally:
+        isolated.stop()
