@@ -476,7 +476,9 @@ def hook_context(run: HostRun, run_once_here: bool) -> dict[str, Any]:
 
 def host_values(run: HostRun) -> dict[str, str]:
     """Placeholder values known to the controller ({release}/{revision} come from the host)."""
-    return {"host": run.host.address, "name": run.name, "deploy_to": run.host.deploy_to,
+    endpoint = run.conn.endpoint if run.conn is not None else None
+    address = endpoint.hostname if endpoint is not None else run.host.address  # ssh_config HostName
+    return {"host": address, "name": run.name, "deploy_to": run.host.deploy_to,
             "previous": run.previous or ""}
 
 

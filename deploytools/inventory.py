@@ -105,6 +105,43 @@ def _list_of(item: Validator) -> Validator:
     return check
 
 
+def _identity(value: Any, path: str) -> tuple[str, ...]:
+    """ssh.identity: one private key file or a list of them (tried in order)."""
+    if isinstance(value, str) and value:
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise _Invalid(f"expected a key file path or a list of them, got {_describe(value)}")
+
+
+_JUMP_RE = re.compile(r"^(?:[A-Za-z0-9_.][A-Za-z0-9_.-]*@)?[A-Za-z0-9_.:\[\]-]+?(?::\d{1,5})?$")
+
+
+def _ssh_config_setting(value: Any, path: str) -> str | bool:
+    """ssh.config: a path to an ssh_config file (used alone, like `ssh -F`), or false to
+    read none; unset reads ~/.ssh/config and /etc/ssh/ssh_config as OpenSSH does."""
+    if value is False:
+        return False
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"expected a path to an ssh_config file or false, got {_describe(value)}")
+    return value
+
+
+def _proxy_jump(value: Any, path: str) -> tuple[str, ...]:
+    """ssh.proxy_jump: "[user@]host[:port]" or a list of them (first hop first); false or
+    [] means a direct connection even if ssh_config names a ProxyJump."""
+    if value is False:
+        return ()
+    hops = [value] if isinstance(value, str) else value
+    if not isinstance(hops, list):
+        raise _Invalid(f"expected \"[user@]host[:port]\" or a list of them, got {_describe(value)}")
+    for index, hop in enumerate(hops):
+        if not isinstance(hop, str) or not _JUMP_RE.match(hop):
+            where = path if isinstance(value, str) else f"{path}[{index}]"
+            raise _Invalid(f"expected \"[user@]host[:port]\", got {_describe(hop)}", where)
+    return tuple(hops)
+
+
 def _absolute_path(value: Any, path: str) -> str:
     text = _string(value, path)
     if not text.startswith("/"):
@@ -179,8 +216,10 @@ HEALTH_SCHEMA: Schema = {
 SSH_SCHEMA: Schema = {
     "user": _string,
     "port": _integer(1, 65535),
-    "identity": _string,
+    "identity": _identity,
     "known_hosts": _string,
+    "config": _ssh_config_setting,
+    "proxy_jump": _proxy_jump,
     "connect_timeout": _number(0.1, 600),
     "command_timeout": _number(1, 86400),
     "host_timeout": _number(1, 7 * 86400),
@@ -249,8 +288,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "source": {"ref": "HEAD", "exclude": ()},
     "supervisor": {"programs": (), "sudo": False, "stop_timeout": 60, "start_timeout": 60},
     "health": {"expect_status": 200, "timeout": 30.0, "interval": 1.0, "request_timeout": 5.0},
-    "ssh": {
-        "port": 22,
+    "ssh": {  # no port: one given nowhere is ssh_config's, else 22 (see deploytools/access.py)
         "connect_timeout": 10.0,
         "command_timeout": 900.0,
         "host_timeout": 3600.0,
@@ -304,8 +342,8 @@ class Host:
     """One host of the inventory with its fully merged settings."""
 
     name: str
-    address: str
-    port: int
+    address: str  # as written in the inventory: an address, a DNS name or an ssh_config alias
+    port: int | None  # None: not set in the inventory (ssh_config's Port, else 22)
     user: str | None
     groups: tuple[str, ...]
     settings: Mapping[str, Any] = field(repr=False)
@@ -488,7 +526,9 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
         settings = merge_settings(
             settings, {k: v for k, v in entry.items() if k not in ("host", "port", "user")}
         )
-        settings["ssh"] = _resolve_paths(settings["ssh"], ("identity", "known_hosts"), base_dir)
+        settings["ssh"] = _resolve_paths(settings["ssh"], ("identity", "known_hosts", "config"),
+                                         base_dir)
+        _check_ssh_config_file(settings["ssh"], f"{hpath}.ssh.config")
         settings["source"] = _resolve_paths(settings["source"], ("path", "repo"), base_dir)
         for required in ("deploy_to",):
             if required not in settings:
@@ -509,7 +549,7 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
         hosts[host_name] = Host(
             name=host_name,
             address=entry["host"],
-            port=entry.get("port", settings["ssh"]["port"]),
+            port=entry.get("port", settings["ssh"].get("port")),
             user=entry.get("user", settings["ssh"].get("user")),
             groups=tuple(host_groups[host_name]),
             settings=settings,
@@ -527,8 +567,22 @@ def _resolve_paths(
     resolved = dict(settings)
     for key in keys:
         value = resolved.get(key)
-        if not value or "://" in value or re.match(r"^[\w.-]+@[\w.-]+:", value):
-            continue
-        path = Path(os.path.expanduser(value))
-        resolved[key] = str(path if path.is_absolute() else base_dir / path)
+        if isinstance(value, tuple):  # a list of paths (ssh.identity)
+            resolved[key] = tuple(_resolve_path(v, base_dir) for v in value)
+        elif isinstance(value, str) and value:
+            resolved[key] = _resolve_path(value, base_dir)
     return resolved
+
+
+def _resolve_path(value: str, base_dir: Path) -> str:
+    if "://" in value or re.match(r"^[\w.-]+@[\w.-]+:", value):
+        return value
+    path = Path(os.path.expanduser(value))
+    return str(path if path.is_absolute() else base_dir / path)
+
+
+def _check_ssh_config_file(ssh: Mapping[str, Any], path: str) -> None:
+    """A named ssh_config must exist (OpenSSH refuses a missing -F file too)."""
+    config = ssh.get("config")
+    if isinstance(config, str) and not os.path.isfile(config):
+        raise _Invalid(f"ssh_config file not found: {config}", path)
