@@ -4,15 +4,20 @@ hook quoting, inventory validation."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
 from deploytools.artifact import build_artifact
 from deploytools.errors import ConfigError, InventoryError
 from deploytools.inventory import load_inventory, parse_inventory
+from deploytools.jsonreport import SCHEMA_PATH
 from deploytools.operations import clear_cache
 from deploytools.remote.hooks import run_hooks
 from deploytools.report import make_console, mask_secrets, strip_credentials
@@ -136,3 +141,47 @@ def test_hook_placeholders_are_shell_quoted(tmp_path: Path) -> None:
                         str(tmp_path), values, True, lambda line: None)
     assert results[0]["output"] == f"{hostile}|web1|"
     assert not pwned.exists()
+
+
+def _run_inv(*args: str) -> subprocess.CompletedProcess[str]:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(root), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_json_report_is_written_on_config_errors(tmp_path: Path) -> None:
+    """Exit 2 (a refused inventory) still writes --json: outcome "error", the message,
+    valid against the schema; a stale report from an earlier run is replaced."""
+    inventory = tmp_path / "inventory.yaml"
+    data = _inventory()
+    data["groups"]["prod"]["hosts"]["web1"]["host"] = "10.0.0.1:2222"
+    inventory.write_text(yaml.safe_dump(data))
+    target = tmp_path / "report.json"
+    target.write_text('{"outcome": "ok", "stale": true}')
+    for task in ("deploy", "clear-cache", "status"):
+        done = _run_inv(task, "--hosts", "prod", "--inventory", str(inventory),
+                        "--json", str(target))
+        assert done.returncode == 2, done.stderr
+        document = json.loads(target.read_text())
+        jsonschema.validate(document, json.loads(SCHEMA_PATH.read_text()))
+        assert document["outcome"] == "error" and document["exit_code"] == 2
+        assert "port: 2222" in document["error"] and document["run"]["action"] == task
+    done = _run_inv("deploy", "--hosts", "prod", "--inventory", str(inventory), "--json", "-")
+    assert json.loads(done.stdout)["outcome"] == "error"
+
+
+def test_json_report_is_written_when_planning_fails(tmp_path: Path) -> None:
+    """A run that stops while planning (an unreachable git URL) writes the report too,
+    its secrets masked like everything printed."""
+    inventory = tmp_path / "inventory.yaml"
+    data = _inventory()
+    data["defaults"]["source"] = {"repo": "https://deployer:tok3nXYZ@127.0.0.1:9/none.git"}
+    inventory.write_text(yaml.safe_dump(data))
+    target = tmp_path / "report.json"
+    done = _run_inv("deploy", "--hosts", "prod", "--inventory", str(inventory),
+                    "--json", str(target))
+    assert done.returncode != 0
+    document = json.loads(target.read_text())
+    jsonschema.validate(document, json.loads(SCHEMA_PATH.read_text()))
+    assert document["outcome"] == "error" and document["exit_code"] == done.returncode
+    assert "tok3nXYZ" not in target.read_text() + done.stdout + done.stderr
