@@ -6,6 +6,10 @@ known_hosts file is loaded and unknown keys are rejected before `open()`
 (`ssh.accept_new_host_keys: true` is an explicit opt-in for first contact only;
 a *changed* key is always refused). Connect, banner and auth have deadlines, and
 TCP_NODELAY is set (paramiko does not; it cuts a round trip from ~44 to ~2 ms).
+Where and as whom to connect (ssh_config, keys, jump hosts) is resolved by
+deploytools/access.py; jump hosts are opened by the same factory as targets
+(`verified_connection`), so their keys are checked too, and shared by every target
+behind them.
 
 Remote work goes through the agent (`deploytools/remote`), run by the host's own
 interpreter and cached there by digest. One agent process per host serves every
@@ -380,10 +384,7 @@ class HostConnection:
             raise self._explain(exc, ssh.get("known_hosts"), endpoint) from None
 
     def _explain(self, exc: Exception, known_hosts: str | None,
-                 endpoint: access.Endpoint | None = None) -> UnreachableError:
-        if endpoint is None:
-            endpoint = access.resolve(self.host.address, self.host.port, self.host.user,
-                                      self.host.settings["ssh"])
+                 endpoint: access.Endpoint) -> UnreachableError:
         text, retryable = describe_connect_error(exc, endpoint, known_hosts)
         error = UnreachableError(self.host.name, text)
         error.retryable = retryable  # type: ignore[attr-defined]
