@@ -240,6 +240,7 @@ class _Jump:
     lock: threading.Lock
     conn: Connection | None = None
     users: int = 0
+    failure: str | None = None  # why it could not be opened, for the targets waiting on it
 
 
 _JUMPS: dict[tuple[Any, ...], _Jump] = {}
@@ -274,8 +275,14 @@ def open_through_jumps(name: str, endpoint: access.Endpoint, ssh: dict[str, Any]
                 jump.users += 1
             held.append(key)
             with jump.lock:
+                if jump.failure is not None:  # failed for a target waiting with us: no retry
+                    raise UnreachableError(name, jump.failure)
                 if not _alive(jump.conn):
-                    jump.conn = _open_hop(name, hop, ssh, previous, timeout)
+                    try:
+                        jump.conn = _open_hop(name, hop, ssh, previous, timeout)
+                    except UnreachableError as exc:
+                        jump.failure = str(exc)
+                        raise
                 previous = jump.conn
         assert previous is not None
         try:
