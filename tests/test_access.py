@@ -279,6 +279,8 @@ def test_targets_reachable_only_through_the_jump_host(fleet: Fleet, jump: SimHos
                                                       app_repo: AppRepo, tmp_path: Path) -> None:
     """The controller runs in a network namespace of its own whose only way out is
     127.0.0.1:2222, relayed to the jump host: a direct connection cannot reach a target."""
+    if os.geteuid() != 0:
+        pytest.skip("a network namespace for the controller needs root (unshare --net, setns)")
     isolated = isolate_behind(jump)
     try:
         known = tmp_path / "known_hosts"
