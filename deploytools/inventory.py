@@ -10,6 +10,7 @@ everything else is replaced.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -152,8 +153,15 @@ def _absolute_path(value: Any, path: str) -> str:
     return text
 
 
+def normalise_path(text: str) -> str:
+    """An absolute path in one canonical spelling: `//etc`, `/./etc` and `/etc/.` are all
+    `/etc` (normpath alone keeps a leading `//`, which POSIX leaves implementation-defined).
+    Guards compare this, never the spelling a user typed."""
+    return posixpath.normpath("/" + text.lstrip("/"))
+
+
 def _deploy_to(value: Any, path: str) -> str:
-    text = _absolute_path(value, path).rstrip("/") or "/"
+    text = normalise_path(_absolute_path(value, path))
     if text in SYSTEM_DIRS:
         raise _Invalid(f"expected a dedicated directory, not the system directory {text!r}")
     return text
@@ -254,7 +262,22 @@ SETTINGS_SCHEMA: Schema = {
     "hooks": HOOKS_SCHEMA,
     "venv": VENV_SCHEMA,
 }
-HOST_SCHEMA: Schema = {"host": _string, "port": _integer(1, 65535), "user": _string}
+def _address(value: Any, path: str) -> str:
+    """An address or DNS name alone: `10.0.0.1:2222` and `deploy@web1` would pass as
+    strings and only fail at connect, so they are refused here with what to write."""
+    text = _string(value, path)
+    user, at, rest = text.rpartition("@")
+    if at:
+        raise _Invalid(f"expected an address without a user, got {text!r}: "
+                       f"write host: {rest} and user: {user}")
+    port = re.match(r"^\[?([^\[\]:]+|[0-9A-Fa-f:]+)\]?:(\d+)$", text)
+    if port and (text.startswith("[") or text.count(":") == 1):
+        raise _Invalid(f"expected an address without a port, got {text!r}: "
+                       f"write host: {port.group(1)} and port: {port.group(2)}")
+    return text
+
+
+HOST_SCHEMA: Schema = {"host": _address, "port": _integer(1, 65535), "user": _string}
 HOST_SCHEMA = {**HOST_SCHEMA, **SETTINGS_SCHEMA}
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -404,6 +427,7 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
     except OSError as exc:
         raise InventoryError(name, "", f"cannot read inventory: {exc.strerror}") from None
     try:
+        _refuse_duplicate_keys(name, yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -411,6 +435,26 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise InventoryError(name, "", f"{where}{problem}") from None
     return parse_inventory(data, name, base_dir=file.resolve().parent)
+
+
+def _refuse_duplicate_keys(file: str, node: Any, path: str = "") -> None:
+    """YAML lets a later key silently win over an earlier one (a second `deploy_to:`
+    deploys somewhere else than the reader sees); an inventory must say it once."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            where = f"{path}.{key}" if path else str(key)
+            if key is not None and key != "<<":
+                if key in seen:
+                    raise InventoryError(file, where, f"duplicate key (line {line}; first "
+                                         f"on line {seen[key]}): say it once")
+                seen[key] = line
+            _refuse_duplicate_keys(file, value_node, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(file, item, f"{path}[{index}]")
 
 
 def parse_inventory(
@@ -440,6 +484,7 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
     hosts: dict[str, Host] = {}
     host_groups: dict[str, list[str]] = {}
     raw_hosts: dict[str, tuple[dict, dict]] = {}
+    listed_vars: dict[str, list[dict]] = {}  # vars of groups that list a host by name
     groups: dict[str, tuple[str, ...]] = {}
     for group_name, group in raw_groups.items():
         gpath = f"groups.{group_name}"
@@ -465,6 +510,8 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
                 raw_hosts[host_name] = (entry, group.get("vars", {}))
             else:
                 raw_hosts.setdefault(host_name, ({}, {}))
+                if group.get("vars"):  # listing a host by name still applies the vars
+                    listed_vars.setdefault(host_name, []).append(group["vars"])
             host_groups.setdefault(host_name, []).append(group_name)
             names.append(host_name)
         groups[group_name] = tuple(names)
@@ -474,6 +521,8 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
         if not entry:
             raise _Invalid("host is listed but never defined with at least 'host'", hpath)
         settings = merge_settings(defaults, group_vars)
+        for more_vars in listed_vars.get(host_name, ()):  # in file order, before the host's
+            settings = merge_settings(settings, more_vars)
         settings = merge_settings(
             settings, {k: v for k, v in entry.items() if k not in ("host", "port", "user")}
         )

@@ -56,6 +56,8 @@ def host_entry(run: HostRun) -> dict[str, Any]:
     if verify.get("checks") is not None:
         entry["checks"] = [{"check": c["check"], "ok": c["ok"], "detail": c["detail"],
                             "fix": c.get("fix")} for c in verify["checks"]]
+    if run.facts.get("warnings"):
+        entry["warnings"] = list(run.facts["warnings"])
     if "lock" in verify or "lock" in run.facts:
         entry["lock"] = verify.get("lock", run.facts.get("lock"))
     if run.facts.get("releases") is not None and isinstance(run.facts["releases"], list):

@@ -18,7 +18,9 @@ line; exit codes are listed in deploytools.errors.ExitCode and the README.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -57,14 +59,22 @@ def _run(body: Flow, *, debug: bool = False, json: str | None = None, log: str |
     try:
         result = body(console)
     except KeyboardInterrupt:
-        raise Exit("interrupted", ExitCode.INTERRUPTED) from None
+        # A hard abort (second Ctrl-C): leave now, without waiting for the threads still
+        # in a remote step; their agents finish that step and unlock by themselves.
+        console.close()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.write("interrupted\n")
+            sys.stderr.flush()
+        os._exit(int(ExitCode.INTERRUPTED))
     except DeployToolsError as exc:
         if debug:
-            traceback.print_exc()
+            sys.stderr.write(mask_secrets(traceback.format_exc()))
         raise Exit(mask_secrets(f"error: {exc}"), int(exc.exit_code)) from None
     except Exception as exc:
-        traceback.print_exc(file=sys.stderr)
-        raise Exit(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL) from None
+        sys.stderr.write(mask_secrets(traceback.format_exc()))
+        raise Exit(mask_secrets(f"internal error: {type(exc).__name__}: {exc}"),
+                   ExitCode.INTERNAL) from None
     finally:
         console.close()
         # What is left is garbage the process exit frees wholesale; a last full collection

@@ -43,59 +43,15 @@ from deploytools.errors import ConfigError, RemoteError, UnreachableError
 from deploytools.inventory import Host
 
 REMOTE_MODULES = (
-    "bytecode", "health", "releases", "intact", "supervisor", "hooks", "build", "verify", "agent",
+    "bytecode", "health", "releases", "intact", "processes", "locking", "supervisor", "hooks",
+    "build", "verify", "agent",
 )
 
 AGENT_CACHE_MISS = 75  # the bootstrap's exit status when the host lacks this agent
-# Runs the agent. "cached": load its compiled modules from the host's cache (per agent
-# digest and interpreter); "inline": read the compressed sources from stdin, check their
-# digest, compile them and cache the code objects for the next call. The cache lives in
-# a 0700 directory of the SSH user, who could change the agent anyway.
-BOOTSTRAP = """\
-import sys, os, json, zlib, types, hashlib, marshal
-digest, mode = sys.argv[1], sys.argv[2]
-dirs = [os.path.expanduser("~/.cache/deploytools"), "/tmp/deploytools-%d" % os.getuid()]
-name = "agent-%s.%s" % (digest, sys.implementation.cache_tag)
-codes = None
-if mode == "cached":
-    for d in dirs:
-        try:
-            with open(os.path.join(d, name), "rb") as f:
-                codes = marshal.load(f)
-            break
-        except (OSError, EOFError, ValueError, TypeError):
-            continue
-    if codes is None:
-        sys.exit(75)
-else:
-    r = sys.stdin.buffer
-    data = r.read(int(r.readline()))
-    if hashlib.sha256(data).hexdigest()[:32] != digest:
-        sys.exit("deploytools agent: digest mismatch")
-    codes = [(n, None if s is None else compile(s, "<deploytools " + n + ">", "exec"))
-             for n, s in json.loads(zlib.decompress(data))]
-    for d in dirs:
-        try:
-            os.makedirs(d, mode=0o700, exist_ok=True)
-            tmp = os.path.join(d, "%s.%d" % (name, os.getpid()))
-            with open(tmp, "wb") as f:
-                marshal.dump(codes, f)
-            os.replace(tmp, os.path.join(d, name))
-            break
-        except OSError:
-            continue
-for mod_name, code in codes:
-    m = types.ModuleType(mod_name)
-    sys.modules[mod_name] = m
-    parent, _, child = mod_name.rpartition(".")
-    if parent:
-        setattr(sys.modules[parent], child, m)
-    if code is None:
-        m.__path__ = []
-    else:
-        exec(code, m.__dict__)
-sys.modules["deploytools.remote.agent"].main()
-"""
+# Runs the agent (remote/bootstrap.py, sent as the `-c` program): loads the agent's code
+# from the SSH user's private cache (owner, mode 0700 and no symlink checked first), or
+# compiles it from stdin and caches it; with no private cache it runs inline, uncached.
+BOOTSTRAP = (Path(__file__).parent / "remote" / "bootstrap.py").read_text(encoding="utf-8")
 Upload = Callable[[], Iterable[bytes]]  # called once per attempt: a fresh stream each time
 Answer = Callable[[dict[str, Any]], "tuple[dict[str, Any], Upload | None]"]
 
