@@ -55,7 +55,8 @@ class Endpoint:
     @property
     def where(self) -> str:
         """user@host:port, naming the alias too when it differs."""
-        alias = f" ({self.name})" if self.name not in (self.hostname, self.spec) else ""
+        written = re.sub(r":\d+$", "", self.name.rsplit("@", 1)[-1]).strip("[]")
+        alias = f" ({written})" if written != self.hostname else ""
         return f"{self.user}@{self.hostname}:{self.port}{alias}"
 
     @property

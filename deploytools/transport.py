@@ -6,6 +6,10 @@ known_hosts file is loaded and unknown keys are rejected before `open()`
 (`ssh.accept_new_host_keys: true` is an explicit opt-in for first contact only;
 a *changed* key is always refused). Connect, banner and auth have deadlines, and
 TCP_NODELAY is set (paramiko does not; it cuts a round trip from ~44 to ~2 ms).
+Where and as whom to connect (ssh_config, keys, jump hosts) is resolved by
+deploytools/access.py; jump hosts are opened by the same factory as targets
+(`verified_connection`), so their keys are checked too, and shared by every target
+behind them.
 
 Remote work goes through the agent (`deploytools/remote`), run by the host's own
 interpreter and cached there by digest. One agent process per host serves every
@@ -192,6 +196,7 @@ class _Jump:
     lock: threading.Lock
     conn: Connection | None = None
     users: int = 0
+    failure: str | None = None  # why it could not be opened, for the targets waiting on it
 
 
 _JUMPS: dict[tuple[Any, ...], _Jump] = {}
@@ -226,8 +231,14 @@ def open_through_jumps(name: str, endpoint: access.Endpoint, ssh: dict[str, Any]
                 jump.users += 1
             held.append(key)
             with jump.lock:
+                if jump.failure is not None:  # failed for a target waiting with us: no retry
+                    raise UnreachableError(name, jump.failure)
                 if not _alive(jump.conn):
-                    jump.conn = _open_hop(name, hop, ssh, previous, timeout)
+                    try:
+                        jump.conn = _open_hop(name, hop, ssh, previous, timeout)
+                    except UnreachableError as exc:
+                        jump.failure = str(exc)
+                        raise
                 previous = jump.conn
         assert previous is not None
         try:
@@ -336,10 +347,7 @@ class HostConnection:
             raise self._explain(exc, ssh.get("known_hosts"), endpoint) from None
 
     def _explain(self, exc: Exception, known_hosts: str | None,
-                 endpoint: access.Endpoint | None = None) -> UnreachableError:
-        if endpoint is None:
-            endpoint = access.resolve(self.host.address, self.host.port, self.host.user,
-                                      self.host.settings["ssh"])
+                 endpoint: access.Endpoint) -> UnreachableError:
         text, retryable = describe_connect_error(exc, endpoint, known_hosts)
         error = UnreachableError(self.host.name, text)
         error.retryable = retryable  # type: ignore[attr-defined]

@@ -243,6 +243,7 @@ def test_wrong_jump_host_key_is_refused_naming_the_hop(
     assert "CHANGED" in done.stderr and "refusing to connect" in done.stderr
     assert releases(fleet) == before  # nothing deployed
     assert len(forwards(jump)) == forwarded  # nothing went through the unverified hop
+    assert done.stderr.count("CHANGED") >= len(fleet.hosts)  # every target says why
 
 
 def test_two_hops_each_verified(fleet: Fleet, jump: SimHost, app_repo: AppRepo,
@@ -278,6 +279,8 @@ def test_targets_reachable_only_through_the_jump_host(fleet: Fleet, jump: SimHos
                                                       app_repo: AppRepo, tmp_path: Path) -> None:
     """The controller runs in a network namespace of its own whose only way out is
     127.0.0.1:2222, relayed to the jump host: a direct connection cannot reach a target."""
+    if os.geteuid() != 0:
+        pytest.skip("a network namespace for the controller needs root (unshare --net, setns)")
     isolated = isolate_behind(jump)
     try:
         known = tmp_path / "known_hosts"
@@ -308,3 +311,22 @@ def test_targets_reachable_only_through_the_jump_host(fleet: Fleet, jump: SimHos
         assert sorted(set(forwards(jump)[before:])) == sorted(h.address for h in fleet.hosts)
     finally:
         isolated.stop()
+
+
+def test_identities_only_offers_just_the_named_keys(
+        fleet: Fleet, app_repo: AppRepo, agent: Agent, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stranger = tmp_path / "stranger_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
+                   check=True, stdin=subprocess.DEVNULL)
+    agent.add(fleet.client_key)  # the right key, but only in the agent
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(agent.socket))
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n  IdentityFile " + str(stranger) + "\n  IdentitiesOnly yes\n")
+    cli = Cli(tmp_path / "inv.yaml")
+    inventory(fleet, app_repo, cli.inventory, identity=None, config=str(config))
+    done = cli("check", "--hosts", "prod")
+    assert done.returncode == 6, done.stdout + done.stderr  # the agent's key was not offered
+    assert "ssh-agent key" not in done.stderr and f"tried key file {stranger}" in done.stderr
+    config.write_text("Host *\n  IdentitiesOnly no\n  IdentityFile " + str(stranger) + "\n")
+    cli("check", "--hosts", "prod", check=True)  # now the agent's key is offered too
