@@ -96,20 +96,71 @@ class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
             fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
+def load_known_hosts(keys: paramiko.HostKeys, path: str) -> set[tuple[str, str]]:
+    """Load `path` into `keys` as OpenSSH reads it, and return its @revoked keys.
+
+    paramiko's own loader does not know markers: a `@revoked` or `@cert-authority` line
+    makes it raise, which failed every host. Here `@revoked` keys are returned (and
+    never trusted, even if listed again), `@cert-authority` lines are skipped (paramiko
+    cannot check host certificates: such hosts need their plain key listed), and a line
+    that cannot be parsed is ignored, as ssh does."""
+    with open(path, encoding="utf-8") as fh:
+        lines = [line.strip() for line in fh.read().splitlines()]
+    revoked: set[tuple[str, str]] = set()
+    for line in lines:
+        marker, _, rest = line.partition(" ")
+        fields = rest.split()
+        if marker == "@revoked" and len(fields) >= 3:
+            revoked.add((fields[1], fields[2]))
+    for number, line in enumerate(lines, 1):
+        if not line or line.startswith(("#", "@")):
+            continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
+        except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError,
+                TypeError):
+            continue
+        if entry is None or entry.key is None:
+            continue
+        if (entry.key.get_name(), entry.key.get_base64()) in revoked:
+            continue  # a revoked key is never trusted, even if listed again
+        for name in entry.hostnames:
+            keys.add(name, entry.key.get_name(), entry.key)
+    return revoked
+
+
+class _RefuseRevoked(paramiko.MissingHostKeyPolicy):
+    """Refuses a host that presents a @revoked key (before authentication), with a clear
+    reason; any other key not in known_hosts goes to the configured policy."""
+
+    def __init__(self, inner: paramiko.MissingHostKeyPolicy,
+                 revoked: set[tuple[str, str]]) -> None:
+        self.inner = inner
+        self.revoked = revoked
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: Any) -> None:
+        if (key.get_name(), key.get_base64()) in self.revoked:
+            raise paramiko.SSHException(
+                f"host key REVOKED: {hostname} presented {key.get_name()} "
+                f"{key.get_fingerprint().hex()}, marked @revoked in known_hosts")
+        self.inner.missing_host_key(client, hostname, key)
+
+
 def _host_key_policy(client: paramiko.SSHClient, ssh: dict[str, Any]) -> None:
-    """Load known_hosts and refuse unknown keys (or record them on first contact, when
-    ssh.accept_new_host_keys says so); a changed key is always refused."""
-    known_hosts = ssh.get("known_hosts")
-    if known_hosts:
-        if os.path.exists(known_hosts):
-            client.load_host_keys(known_hosts)
-    else:
-        client.load_system_host_keys()
+    """Load known_hosts (markers understood) and refuse unknown keys (or record them on
+    first contact, when ssh.accept_new_host_keys says so); a changed or @revoked key is
+    always refused."""
+    target = ssh.get("known_hosts") or os.path.expanduser("~/.ssh/known_hosts")
+    try:
+        revoked = load_known_hosts(client.get_host_keys(), target) \
+            if os.path.exists(target) else set()
+    except UnicodeDecodeError as exc:
+        raise OSError(f"{target}: {exc}") from None
     if ssh.get("accept_new_host_keys"):
-        target = known_hosts or os.path.expanduser("~/.ssh/known_hosts")
-        client.set_missing_host_key_policy(_AcceptNewHostKey(target))
+        policy: paramiko.MissingHostKeyPolicy = _AcceptNewHostKey(target)
     else:
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        policy = paramiko.RejectPolicy()
+    client.set_missing_host_key_policy(_RefuseRevoked(policy, revoked))
 
 
 def verified_connection(endpoint: access.Endpoint, ssh: dict[str, Any],
@@ -167,6 +218,8 @@ def describe_connect_error(exc: Exception, endpoint: access.Endpoint,
         text = exc.text
     elif isinstance(exc, paramiko.AuthenticationException):
         text = f"authentication failed for user {endpoint.user} at {where}"
+    elif isinstance(exc, paramiko.SSHException) and "host key REVOKED" in str(exc):
+        text = f"{exc}; refusing to connect"
     elif isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
         text = (f"unknown host key for {where}: not in {known_hosts or '~/.ssh/known_hosts'} "
                 "(add it with ssh-keyscan after checking it, or set "

@@ -217,3 +217,32 @@ def test_credentials_in_source_url_never_reach_hosts(
         for path in (host.deploy_to / ".deploytools").rglob("*"):
             if path.is_file():
                 assert token not in path.read_text(errors="replace"), path
+
+
+def test_known_hosts_markers_revoked_refused_cert_authority_skipped(
+        fleet: Fleet, tmp_path: Path) -> None:
+    """A known_hosts file with @cert-authority and @revoked lines (paramiko alone raises
+    on both, failing every host): web1, whose key is @revoked, is refused before auth
+    with one clear line; the others connect; a host missing from the file is one
+    'unknown host key' error, not a crash."""
+    web1, web2, web3 = fleet.hosts
+    lines = fleet.known_hosts.read_text().splitlines()
+    web1_key = " ".join(next(line for line in lines if web1.address in line).split()[1:3])
+    known = tmp_path / "known_hosts"
+    kept = [line for line in lines if web3.address not in line]  # web3: unknown
+    known.write_text("\n".join([
+        "# fleet keys", "@cert-authority *.example.com " + web1_key, *kept,
+        "@revoked * " + web1_key, ""]))
+    inventory = fleet.write_inventory(tmp_path / "inventory.yaml",
+                                      source={"path": str(tmp_path)})
+    data = yaml.safe_load(inventory.read_text())
+    data["ssh"]["known_hosts"] = str(known)
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    done = Cli(inventory)("check", "--hosts", "prod")
+    out = done.stdout + done.stderr
+    assert done.returncode == 6, out
+    assert "Traceback" not in out
+    assert "host key REVOKED" in out and web1.name in out
+    assert "unknown host key" in out and web3.address in out
+    web2_lines = [line for line in out.splitlines() if line.startswith(web2.name + " ")]
+    assert web2_lines and "unreachable" not in web2_lines[0], out
