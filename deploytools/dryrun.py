@@ -38,6 +38,7 @@ def describe(request: dict[str, Any]) -> list[str]:
         programs = ", ".join(request["programs"])
         lines = [f"switch {deploy_to}/current -> releases/{request['target']} (atomic rename)"]
         lines += _hooks(request, "after_switch")
+        lines += _hooks(request, "before_restart")
         lines.append(f"stop {programs}, wait until stopped; start, wait until RUNNING")
         url = (request.get("health") or {}).get("url")
         if url:

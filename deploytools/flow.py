@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from deploytools import balancer as lb
 from deploytools import local_hooks
 from deploytools.artifact import Artifact, build_artifact, resolve_revision
 from deploytools.errors import ConfigError, ExitCode, LockHeldError, RemoteError
@@ -90,8 +91,12 @@ def new_run_id() -> str:
 
 def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
            policy: RolloutPolicy | None = None, lock_wait: float = 0, dry_run: bool = False,
-           skip_unchanged: bool = False) -> RunResult:
-    """Ship a new release to every host, or leave each host on the release it had."""
+           skip_unchanged: bool = False,
+           inventory_hosts: dict[str, Host] | None = None) -> RunResult:
+    """Ship a new release to every host, or leave each host on the release it had.
+
+    `inventory_hosts` (every host of the inventory) lets `balancer.haproxy.via` name a
+    host that is not deployed in this run."""
     policy = policy or RolloutPolicy()
     started = time.time()
     run_id = new_run_id()
@@ -103,9 +108,12 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
     runs = [HostRun(host, dry_run=dry_run) for host in hosts]
     stop = StopRule(policy, len(runs), console)
     connections = connect_in_background(runs, console)
+    drain: lb.Balancer | None = None
     with Interrupts(console) as interrupts:
         stop.interrupts = interrupts
         try:
+            if lb.Balancer.configured(runs) and not dry_run:
+                drain = lb.Balancer(runs, console, inventory_hosts)
             artifact = None if target else plan(source, console, ref)
             connections.join()
             owner = lock_owner(run_id, "deploy", artifact.release_id if artifact else target)
@@ -116,6 +124,9 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
                 r, console, owner, lock_wait, need_bytes=artifact.size if artifact else 0))
             if stop.halted(runs, "preflight") or not active(runs):
                 return finish(runs, console, "deploy", run_id, artifact, started, interrupts)
+            if drain is not None:  # socket answers, servers exist, no batch empties a backend
+                drain.preflight(active(runs), batches(
+                    active(runs), parse_serial(policy.serial, len(active(runs))), policy.canary))
             if artifact is None:
                 artifact = plan(source, console, ref)
             artifact.avoid_ids({row["id"] for r in runs for row in r.facts.get("releases", [])})
@@ -146,10 +157,14 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
                 if len(plan_batches) > 1 or dry_run:
                     console.info(f"batch {number}/{len(plan_batches)}: "
                                  f"{', '.join(r.name for r in batch)}")
-                in_parallel(batch, lambda r: activate(r, console, artifact.release_id,
-                                                      run_once_here=r is once), console)
+                in_parallel(batch, lambda r: lb.activate_in_rotation(
+                    drain, r, lambda: activate(r, console, artifact.release_id,
+                                               run_once_here=r is once),
+                    lambda: interrupts.requested), console)
                 if stop.halted(runs, f"batch {number}"):
                     break
+                if policy.batch_wait and number < len(plan_batches):
+                    pause_between_batches(policy.batch_wait, console, interrupts)
             if policy.on_failure == ROLLBACK_ALL and any(r.failed for r in runs):
                 roll_back_switched(runs, console, artifact.release_id)
             return finish(runs, console, "deploy", run_id, artifact, started, interrupts)
@@ -158,10 +173,22 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
             abandon(runs, console, interrupts)
             raise
         finally:
+            if drain is not None:  # never leave a server drained (errors, Ctrl-C)
+                drain.restore()
+                drain.close()
             connections.join()  # nothing may connect behind close_all
             if artifact is not None:
                 artifact.close()
             close_all(runs)
+
+
+def pause_between_batches(seconds: float, console: Console, interrupts: Interrupts) -> None:
+    """--batch-wait: let the fleet settle (caches warm, errors surface) before the next
+    batch; an interrupt ends the pause at once."""
+    console.info(f"waiting {seconds:g}s before the next batch (--batch-wait)")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not interrupts.requested:
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 def connect_in_background(runs: list[HostRun], console: Console) -> threading.Thread:
@@ -443,7 +470,9 @@ def activate(run: HostRun, console: Console, release_id: str, *, fallback: str |
     step_started = time.monotonic()
     request = activation_request(run, release_id, fallback or run.previous, mark_failed)
     request.update(action=action, **hook_context(run, run_once_here))
+    fire_local("before_restart", run, release_id, console)  # leaves rotation (may veto)
     result = call(run, request, console)
+    lb.availability(run).unavailable = lb.unavailable_seconds(result)
     record_activation(run, result)
     run.timings["activate"] = time.monotonic() - step_started
     fire_local("after_restart" if run.state == HEALTHY else "after_failure", run,

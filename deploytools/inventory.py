@@ -226,7 +226,7 @@ SSH_SCHEMA: Schema = {
     "accept_new_host_keys": _boolean,
 }
 HOOK_POINTS = ("after_prepare", "before_switch", "after_switch", "after_restart",
-               "after_rollback", "after_failure")
+               "after_rollback", "after_failure", "before_restart")
 
 
 def _hook(value: Any, path: str) -> Any:
@@ -247,6 +247,11 @@ VENV_SCHEMA: Schema = {
     "pip_args": _list_of(_string),
     "use_uv": _boolean,
 }
+BALANCER_SCHEMA: Schema = {  # the built-in HAProxy drain (deploytools/balancer.py)
+    "haproxy": {"socket": _string, "via": _string, "backend": _string, "server": _string},
+    "drain_timeout": _number(0, 86400),
+    "ready_timeout": _number(0, 86400),
+}
 SETTINGS_SCHEMA: Schema = {
     "deploy_to": _deploy_to,
     "keep_releases": _integer(1, 1000),
@@ -261,6 +266,7 @@ SETTINGS_SCHEMA: Schema = {
     "shared": SHARED_SCHEMA,
     "hooks": HOOKS_SCHEMA,
     "venv": VENV_SCHEMA,
+    "balancer": BALANCER_SCHEMA,
 }
 def _address(value: Any, path: str) -> str:
     """An address or DNS name alone: `10.0.0.1:2222` and `deploy@web1` would pass as

@@ -63,6 +63,8 @@ def host_entry(run: HostRun) -> dict[str, Any]:
         entry["lock"] = verify.get("lock", run.facts.get("lock"))
     if run.facts.get("releases") is not None and isinstance(run.facts["releases"], list):
         entry["releases"] = run.facts["releases"]
+    if run.facts.get("availability") is not None:
+        entry["availability"] = run.facts["availability"].as_dict()
     if run.facts.get("cleared"):
         cleared = run.facts["cleared"]
         entry["cleared"] = {"path": cleared.get("path"), "dirs": cleared.get("dirs", 0),

@@ -14,6 +14,15 @@ Points: `after_prepare` and `before_switch` (raising fails that host: nothing sw
 there), `after_restart` (the host is healthy on the new release), `after_failure` (the
 host failed). Exceptions from the last two are reported but change no outcome: the host
 is already where it is.
+
+`before_switch` runs for every host before the first batch (migrations, checks); a
+rolling drain belongs in the per-host points, which run inside each host's batch:
+`before_restart` (the host is about to be stopped: take it out of rotation; raising
+fails that host before anything switched there) and `after_restart` (healthy again:
+put it back). Local `before_restart` hooks run just before the host's activation
+request, that is just before the symlink switch, which changes nothing its running
+process serves; the inventory's shell `before_restart` hooks run on the host after
+the switch, right before the stop.
 """
 
 from __future__ import annotations
@@ -24,8 +33,8 @@ from typing import Any
 
 from deploytools.errors import RemoteError
 
-POINTS = ("after_prepare", "before_switch", "after_restart", "after_failure")
-VETO_POINTS = ("after_prepare", "before_switch")
+POINTS = ("after_prepare", "before_switch", "after_restart", "after_failure", "before_restart")
+VETO_POINTS = ("after_prepare", "before_switch", "before_restart")
 
 
 @dataclass(frozen=True)

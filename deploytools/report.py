@@ -176,6 +176,24 @@ class Console:
                  r.error or ""] for r in runs]
         self._write("")
         self.table(["host", "release", "outcome", "time", "detail"], rows)
+        self.availability(runs)
+
+    def availability(self, runs: list[HostRun]) -> None:
+        """Per restarted host: time out of rotation, time unable to serve, balancer actions."""
+        rows = []
+        for run in runs:
+            record = run.facts.get("availability")
+            if record is None:
+                continue
+            data = record.as_dict()
+            out, down = data["out_of_rotation_seconds"], data["unavailable_seconds"]
+            actions = ", ".join(f"{a['action']} {a['server']} ({a['waited']:.2f}s)"
+                                for a in data["balancer_actions"])
+            rows.append([run.name, "-" if out is None else f"{out:.2f}s",
+                         "-" if down is None else f"{down:.2f}s", actions or "-"])
+        if rows:
+            self._write("")
+            self.table(["host", "out of rotation", "unavailable", "balancer"], rows)
 
     def close(self) -> None:
         if self._log is not None:

@@ -43,6 +43,7 @@ class RolloutPolicy:
     canary: bool = False
     max_failures: str | int = 0
     on_failure: str = KEEP
+    batch_wait: float = 0  # seconds to pause between batches (--batch-wait)
 
     def __post_init__(self) -> None:
         if self.on_failure not in ON_FAILURE_CHOICES:

@@ -1080,13 +1080,16 @@ def write_sample_app(
     crash_on_import: bool = False,
     extra_modules: int = 0,
     health_mode: str = "ok",
+    boot_delay: float = 0,
 ) -> None:
     """Write the stdlib-only sample app into ``dest`` (a source dir or a release dir).
 
     ``health_status`` makes /health fail (e.g. 500) and ``crash_on_import`` makes the app
     die at start, to exercise health-check and spawn-error rollbacks; ``extra_modules``
     adds that many never-imported modules under ``sampleapp/mods`` to make it bigger;
-    ``health_mode`` "garbage" or "truncated" makes /health answer malformed HTTP.
+    ``health_mode`` "garbage" or "truncated" makes /health answer malformed HTTP;
+    ``boot_delay`` makes the app take that many seconds to boot before it listens (as
+    real apps do: what a balancer drain has to cover).
     Files are overwritten, nothing is deleted.
     """
     dest = Path(dest)
@@ -1100,6 +1103,8 @@ def write_sample_app(
         views += f"\nHEALTH_MODE = {health_mode!r}\n"
     if crash_on_import:
         views += '\n\nraise RuntimeError("boom: crash on import")\n'
+    if boot_delay > 0:
+        views += f"\n\nimport time as _time\n\n_time.sleep({float(boot_delay)!r})  # boot delay\n"
     (pkg / "views.py").write_text(views, encoding="utf-8")
     if extra_modules > 0:
         mods = pkg / "mods"

@@ -136,23 +136,28 @@ def _reported(body: Flow, console: Console, json: str | None, action: str,
             "on_failure": "keep (default: healthy batches stay) or rollback-all.",
             "lock_wait": "Seconds to wait for another run's lock (default: fail at once).",
             "dry_run": "Print the plan and every remote operation; change nothing.",
-            "skip_unchanged": "Leave hosts already on this revision (and verified) alone."})
+            "skip_unchanged": "Leave hosts already on this revision (and verified) alone.",
+            "batch_wait": "Seconds to pause between batches (default 0)."})
 def deploy(c: Context, hosts: str | None = None, inventory: str | None = None,
            ref: str | None = None, serial: str | None = None, canary: bool = False,
            max_failures: str = "0", on_failure: str = "keep", lock_wait: float = 0,
            dry_run: bool = False, skip_unchanged: bool = False, json: str | None = None,
-           log: str | None = None, debug: bool = False) -> None:
+           log: str | None = None, debug: bool = False, batch_wait: float = 0) -> None:
     """Ship a release to every selected host: prepare, switch, restart, health-check."""
     def body(console: Console) -> flow.RunResult:
         policy = RolloutPolicy(serial=serial, canary=canary, max_failures=max_failures,
-                               on_failure=on_failure)
-        return flow.deploy(_select(c, hosts, inventory), console, ref=ref, policy=policy,
-                           lock_wait=lock_wait, dry_run=dry_run, skip_unchanged=skip_unchanged)
+                               on_failure=on_failure, batch_wait=float(batch_wait))
+        selected = _select(c, hosts, inventory)
+        configured = c.config.get("deploytools", {}) if hasattr(c, "config") else {}
+        everyone = load_inventory(inventory or configured.get("inventory")).hosts
+        return flow.deploy(selected, console, ref=ref, policy=policy,
+                           lock_wait=lock_wait, dry_run=dry_run, skip_unchanged=skip_unchanged,
+                           inventory_hosts=everyone)
 
     _run(body, debug=debug, json=json, log=log, options={
         "hosts": hosts, "ref": ref, "serial": serial, "canary": canary,
         "max_failures": max_failures, "on_failure": on_failure, "lock_wait": lock_wait,
-        "dry_run": dry_run, "skip_unchanged": skip_unchanged})
+        "dry_run": dry_run, "skip_unchanged": skip_unchanged, "batch_wait": batch_wait or None})
 
 
 @task(help={**COMMON_HELP, "to": "Release id to return to (default: the previous good one).",

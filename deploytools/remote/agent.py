@@ -507,6 +507,10 @@ def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any],
             layout.switch(target)
             event("switched current -> releases/%s" % target)
             steps["hooks"] = run_hooks_or_fail(layout, "after_switch", target, req)
+        # before_restart: the host leaves rotation here (its old process still serves)
+        steps.setdefault("hooks", []).extend(run_hooks_or_fail(layout, "before_restart",
+                                                               target, req))
+        steps["restart_started"] = time.time()  # availability: stop requested -> healthy
         steps["programs"] = restart(layout, req)
         spec = req.get("health")
         if spec and spec.get("url"):
@@ -517,6 +521,7 @@ def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any],
                 raise AgentError("health check failed after %d attempts in %.1fs: %s"
                                  % (result["attempts"], result["seconds"], result["error"]))
             event("healthy after %.2fs" % result["seconds"])
+        steps["healthy_at"] = time.time()
         layout.record_served(target, req.get("action") or "deploy")
         steps["strays"] = warn_strays(layout)
         for point in ("after_restart", "after_rollback") if rolling_back else ("after_restart",):

@@ -1,0 +1,261 @@
+"""The built-in HAProxy drain, against a real HAProxy in front of the real sandbox fleet.
+
+Module order matters (one fleet, one HAProxy): a first deploy without balancer, then
+rolling deploys under steady load through HAProxy, each checked for zero failed
+requests and every server back in rotation.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, AppRepo, Cli, current_release, make_fleet, release_dirs
+
+from deploytools.balancer import (
+    ServerStat,
+    checked_name,
+    expand,
+    parse_show_stat,
+    refuse_full_drain,
+    remote_client_command,
+    set_state_command,
+)
+from deploytools.errors import ConfigError
+from deploytools.lbsandbox import HAProxy, LoadGenerator, haproxy_for, haproxy_path
+from deploytools.sandbox import Fleet
+
+SHOW_STAT = (
+    "# pxname,svname,qcur,qmax,scur,smax,slim,stot,status,weight\n"
+    "web,FRONTEND,,,3,5,2000,10,OPEN,\n"
+    "app,web1,0,0,2,3,,7,UP,1\n"
+    "app,web2,0,0,0,1,,3,DRAIN,1\n"
+    "app,web3,0,0,0,0,,0,DOWN,1\n"
+    "app,web4,0,0,0,0,,0,no check,1\n"
+    "app,BACKEND,0,0,2,5,200,10,UP,3\n"
+)
+
+
+# --------------------------------------------------------------------------- pure
+
+
+def test_set_state_commands() -> None:
+    assert set_state_command("app", "web1", "drain") == "set server app/web1 state drain"
+    assert set_state_command("app", "web1", "ready") == "set server app/web1 state ready"
+    with pytest.raises(ValueError):
+        set_state_command("app", "web1", "up")
+
+
+def test_names_that_would_inject_commands_are_refused() -> None:
+    for bad in ("web1;shutdown sessions", "web 1", "web1\nset", ""):
+        with pytest.raises(ConfigError):
+            checked_name(bad, "server")
+    assert checked_name("web-1.example.com", "server") == "web-1.example.com"
+
+
+def test_parse_show_stat_keeps_server_rows() -> None:
+    stats = parse_show_stat(SHOW_STAT)
+    assert set(stats) == {("app", "web1"), ("app", "web2"), ("app", "web3"), ("app", "web4")}
+    assert stats[("app", "web1")] == ServerStat("app", "web1", 2, "UP")
+    assert [s.in_rotation for s in stats.values()] == [True, False, False, True]
+
+
+def test_refuses_a_batch_that_takes_every_up_server_out() -> None:
+    stats = parse_show_stat(SHOW_STAT)  # in rotation: web1, web4
+    assert refuse_full_drain([[("app", "web1")], [("app", "web4")]], stats) is None
+    why = refuse_full_drain([[("app", "web1"), ("app", "web4")]], stats)
+    assert why and "backend app" in why and "--serial" in why
+    assert refuse_full_drain([[("app", "web2"), ("app", "web3")]], stats) is None
+    # nothing UP (a first deploy): nothing to protect
+    assert refuse_full_drain([[("app", "web3")]], {("app", "web3"): stats[("app", "web3")]}) \
+        is None
+
+
+def test_remote_client_command_quotes_every_argument() -> None:
+    line = remote_client_command("python3", "/run/it's here.sock", "show stat")
+    assert shlex.split(line)[-2:] == ["/run/it's here.sock", "show stat"]
+    assert expand("{name}-srv", {"name": "web1", "host": "x"}) == "web1-srv"
+
+
+# --------------------------------------------------------------------------- integration
+
+BOOT = 2.0  # seconds the sample app takes to boot, as real apps do
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fleet4() -> Iterator[Fleet]:
+    if haproxy_path() is None:
+        pytest.fail("haproxy is not installed: run .ci/install (apt-get install haproxy)")
+    yield from make_fleet(4)
+
+
+@pytest.fixture(scope="module")
+def lb_cli(fleet4: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    inventory = tmp_path_factory.mktemp("inv") / "inventory.yaml"
+    fleet4.write_inventory(inventory, groups={"prod": ["web1", "web2", "web3"],
+                                              "lb": ["web4"]},
+                           source={"repo": str(app_repo.path)})
+    return Cli(inventory)
+
+
+@pytest.fixture(scope="module")
+def proxy(fleet4: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HAProxy]:
+    haproxy = haproxy_for(fleet4, tmp_path_factory.mktemp("haproxy"), free_port(),
+                          ["web1", "web2", "web3"])
+    try:
+        yield haproxy
+    finally:
+        haproxy.stop()
+
+
+def balancer(socket_path: str, **haproxy: str) -> dict:
+    return {"haproxy": {"socket": socket_path, "backend": "app", "server": "{name}",
+                        **haproxy},
+            "drain_timeout": 10, "ready_timeout": 20}
+
+
+def prod(fleet: Fleet) -> list:
+    return [h for h in fleet.hosts if h.name != "web4"]
+
+
+def no_lock_left(fleet: Fleet) -> bool:
+    return not any((h.deploy_to / ".deploytools" / "lock").exists() for h in prod(fleet))
+
+
+def test_first_deploy_brings_servers_up(lb_cli: Cli, app_repo: AppRepo, proxy: HAProxy,
+                                        fleet4: Fleet) -> None:
+    app_repo.commit("v1", boot_delay=BOOT)
+    lb_cli("deploy", "--hosts", "prod", check=True)
+    assert set(proxy.wait_all_up(20).values()) == {"UP"}
+
+
+def deploy_under_load(cli: Cli, proxy: HAProxy, *args: str,
+                      minimum: int = 500) -> tuple[subprocess.CompletedProcess[str], dict]:
+    load = LoadGenerator(proxy.port, rate=60, threads=6, max_requests=3000,
+                         max_seconds=150).start()
+    try:
+        done = cli("deploy", "--hosts", "prod", *args)
+        load.wait_for(minimum, timeout=30)
+    finally:
+        result = load.stop()
+    return done, {**result.summary(), "errors": result.errors}
+
+
+def test_serial_deploy_with_drain_drops_nothing(lb_cli: Cli, app_repo: AppRepo,
+                                                proxy: HAProxy, fleet4: Fleet,
+                                                tmp_path: Path) -> None:
+    lb_cli.settings(balancer=balancer(str(proxy.socket)))
+    app_repo.commit("v2", boot_delay=BOOT)
+    report_path = tmp_path / "report.json"
+    done, load = deploy_under_load(lb_cli, proxy, "--serial", "1", "--json", str(report_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert load["sent"] >= 500 and load["failed"] == 0, load
+    report = json.loads(report_path.read_text())
+    releases = {h["release"] for h in report["hosts"]}
+    assert releases == {report["run"]["release_id"]}
+    assert {current_release(h.deploy_to) for h in prod(fleet4)} == releases
+    assert set(proxy.statuses().values()) == {"UP"}
+    for host in report["hosts"]:
+        avail = host["availability"]
+        assert [a["action"] for a in avail["balancer_actions"]] == ["drain", "ready"]
+        assert avail["out_of_rotation_seconds"] >= avail["unavailable_seconds"] >= BOOT
+    assert "out of rotation" in done.stdout
+
+
+def test_failed_health_is_rolled_back_and_back_in_rotation(lb_cli: Cli, app_repo: AppRepo,
+                                                           proxy: HAProxy,
+                                                           fleet4: Fleet) -> None:
+    before = {h.name: current_release(h.deploy_to) for h in prod(fleet4)}
+    app_repo.commit("v3-bad", boot_delay=BOOT, health_status=500)
+    done, load = deploy_under_load(lb_cli, proxy, "--serial", "1", minimum=300)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert load["failed"] == 0, load
+    assert {h.name: current_release(h.deploy_to) for h in prod(fleet4)} == before
+    assert "rolled back" in done.stdout
+    assert set(proxy.wait_all_up(10).values()) == {"UP"}
+    assert no_lock_left(fleet4)
+
+
+def test_batch_that_drains_every_up_server_is_refused(lb_cli: Cli, app_repo: AppRepo,
+                                                      proxy: HAProxy, fleet4: Fleet) -> None:
+    before = {h.name: (current_release(h.deploy_to), len(release_dirs(h.deploy_to)))
+              for h in prod(fleet4)}
+    app_repo.commit("v4", boot_delay=BOOT)
+    done = lb_cli("deploy", "--hosts", "prod")  # one batch of all three
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "every UP server of backend app" in done.stderr + done.stdout
+    assert "--serial" in done.stderr + done.stdout
+    assert {h.name: (current_release(h.deploy_to), len(release_dirs(h.deploy_to)))
+            for h in prod(fleet4)} == before
+    assert set(proxy.statuses().values()) == {"UP"}
+    assert no_lock_left(fleet4)
+
+
+def test_ctrl_c_while_drained_ends_back_in_rotation(lb_cli: Cli, app_repo: AppRepo,
+                                                    proxy: HAProxy, fleet4: Fleet) -> None:
+    app_repo.commit("v5", boot_delay=BOOT)
+    command = [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), "deploy",
+               "--hosts", "prod", "--serial", "1", "--inventory", str(lb_cli.inventory)]
+    load = LoadGenerator(proxy.port, rate=40, threads=4, max_requests=2000,
+                         max_seconds=90).start()
+    inv = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "DRAIN" not in proxy.statuses().values():
+            assert time.monotonic() < deadline and inv.poll() is None, "never drained"
+            time.sleep(0.02)
+        inv.send_signal(signal.SIGINT)
+        output, _ = inv.communicate(timeout=90)
+    finally:
+        if inv.poll() is None:
+            inv.kill()
+            inv.wait()
+        result = load.stop()
+    # 130 (interrupted), or 4 when the host in flight finished on the new release and the
+    # fleet is now mixed (the existing exit-code rule: a mixed fleet outranks the interrupt)
+    assert inv.returncode in (130, 4), output
+    assert "interrupted" in output
+    assert set(proxy.wait_all_up(10).values()) == {"UP"}, output
+    assert result.failed == 0, result.errors
+    assert no_lock_left(fleet4), output
+    assert all(h.health() for h in prod(fleet4))
+
+
+def test_via_host_reaches_a_socket_only_it_can_see(lb_cli: Cli, app_repo: AppRepo,
+                                                   proxy: HAProxy, fleet4: Fleet,
+                                                   tmp_path: Path) -> None:
+    """The runtime socket lives under web4's own $HOME ("~/..." there): the controller
+    cannot reach it, web4's SSH connection can."""
+    lb_host = fleet4.host("web4")
+    private = haproxy_for(fleet4, tmp_path / "lb", free_port(), ["web1", "web2", "web3"],
+                          socket_path=lb_host.home / "haproxy" / "admin.sock")
+    try:
+        private.wait_all_up(20)
+        lb_cli.settings(balancer=balancer("~/haproxy/admin.sock"))
+        refused = lb_cli("deploy", "--hosts", "prod", "--serial", "1")
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "does not answer" in refused.stdout + refused.stderr
+        lb_cli.settings(balancer=balancer("~/haproxy/admin.sock", via="web4"))
+        app_repo.commit("v6", boot_delay=BOOT)
+        done, load = deploy_under_load(lb_cli, private, "--serial", "1", minimum=200)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert load["failed"] == 0, load
+        assert "drained app/web1" in done.stdout
+        assert set(private.statuses().values()) == {"UP"}
+    finally:
+        private.stop()
+        lb_cli.settings(balancer=balancer(str(proxy.socket)))
