@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +32,7 @@ from deploytools.errors import ConfigError
 from deploytools.remote import bytecode
 from deploytools.remote.bytecode import pyc_path
 from deploytools.remote.releases import files_digest
+from deploytools.report import strip_credentials
 
 _Member = tuple[tarfile.TarInfo, bytes | None]
 
@@ -104,13 +105,20 @@ class Artifact:
         """Bytecode for these sources, compiled once per run by this interpreter (hash-based
         pycs are valid on every host with the same magic number), keyed by pyc path."""
         tag = sys.implementation.cache_tag
-        wanted = {src: pyc_path(src, tag) for src in sources if src.endswith(".py")}
+        wanted = {src: pyc_path(src, tag) for src in self.compilable(sources)}
         with self._compile_lock:
             self._compile(list(wanted), invalidation_mode)
             missing = [src for src, pyc in wanted.items() if pyc not in self._pyc_cache]
             if missing:
                 raise ConfigError(self._compile_error or f"could not compile {missing[0]}")
             return {pyc: self._pyc_cache[pyc] for pyc in wanted.values()}
+
+    def compilable(self, paths: list[str]) -> list[str]:
+        """The modules this controller compiles: regular .py files. A symlinked module is
+        left to the host, which compiles it from its target's content there (its target
+        may lie outside the release, and is never followed here)."""
+        return [p for p in paths if p.endswith(".py")
+                and not self.files.get(p, "").startswith("symlink:")]
 
     def _compile(self, sources: list[str], invalidation_mode: str) -> None:
         """Compile what is not cached yet (caller holds the lock); errors are kept."""
@@ -132,7 +140,7 @@ class Artifact:
     def start_precompile(self, invalidation_mode: str) -> None:
         """Compile every module in the background, so that fresh hosts receive the sources
         while their bytecode is being made (pycs() waits for it)."""
-        sources = [path for path in self.files if path.endswith(".py")]
+        sources = self.compilable(list(self.files))
         started = threading.Event()
 
         def work() -> None:
@@ -200,6 +208,18 @@ def excluded(relpath: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
+def _refuse_non_utf8(names: Iterable[str], where: str) -> None:
+    """Manifests, the wire and the hosts' checks are UTF-8: a file name that is not
+    (it arrives with surrogate escapes) is a planning error naming it, not a traceback."""
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(name)
+            raise ConfigError(f"{where}: file name {raw!r} is not valid UTF-8; rename it "
+                              "(or exclude it with source.exclude)") from None
+
+
 def make_release_id(now: float, revision: str | None) -> str:
     """UTC timestamp plus short sha: sorting release ids by name sorts them by time."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
@@ -218,6 +238,7 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         if not revision:
             raise ConfigError(f"ref {ref!r} not found in {source['repo']}")
         files, size, members, fetch = _from_git(repo, revision, patterns)
+        _refuse_non_utf8(files, f"{source['repo']} at {ref}")
         release_id = make_release_id(now, revision)
         origin = source["repo"]
     elif source.get("path"):
@@ -225,6 +246,7 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         if not root.is_dir():
             raise ConfigError(f"source.path {root} is not a directory")
         members = _from_directory(root, patterns)
+        _refuse_non_utf8((info.name for info, _ in members), str(root))
         files = _hash_members(members)
         size = sum(len(body) for _, body in members if body is not None)
         fetch = None
@@ -240,7 +262,7 @@ def build_artifact(source: Mapping[str, Any], ref: str | None = None,
         "id": release_id,
         "revision": revision,
         "ref": ref,
-        "source": origin,
+        "source": strip_credentials(origin),  # release.json lives on every host
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
         "deployed_by": f"{getpass.getuser()}@{socket.gethostname()}",
         "deploytools": __version__,

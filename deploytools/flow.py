@@ -138,13 +138,16 @@ def deploy(hosts: list[Host], console: Console, *, ref: str | None = None,
             once = active(runs)[0]  # run_once hooks (migrations): one host only
             in_parallel(active(runs), lambda r: prepare(r, console, artifact, r is once),
                         console)
-            if stop.halted(runs, "prepare"):
+            if stop.halted(runs, "prepare") or run_once_failed(runs, once, "after_prepare",
+                                                               console):
                 return finish(runs, console, "deploy", run_id, artifact, started, interrupts)
             if any(r.host.get("hooks.before_switch") for r in runs) or \
                     local_hooks.registered("before_switch"):
+                once = active(runs)[0] if once.failed else once
                 in_parallel(active(runs), lambda r: run_hook_point(
                     r, console, "before_switch", artifact.release_id, r is once), console)
-                if stop.halted(runs, "before_switch"):
+                if stop.halted(runs, "before_switch") or run_once_failed(
+                        runs, once, "before_switch", console):
                     return finish(runs, console, "deploy", run_id, artifact, started,
                                   interrupts)
 
@@ -215,6 +218,21 @@ def lock_fleet(runs: list[HostRun], console: Console,
     in_parallel(reachable[1:], check, console)
 
 
+def run_once_failed(runs: list[HostRun], once: HostRun, point: str,
+                    console: Console) -> bool:
+    """A run_once hook (a migration) that failed on its host must stop the run, whatever
+    --max-failures allows: the other hosts would switch to code whose migration did not
+    run. True when the run stops here."""
+    hooks = once.host.get(f"hooks.{point}") or []
+    if not once.failed or not any(isinstance(h, dict) and h.get("run_once") for h in hooks):
+        return False
+    reason = f"not switched: the run_once {point} hooks failed on {once.name}"
+    console.error(reason)
+    for run in active(runs):
+        run.fail(SKIPPED, reason)
+    return True
+
+
 def active(runs: list[HostRun]) -> list[HostRun]:
     return [r for r in runs if r.active]
 
@@ -253,9 +271,9 @@ def abandon(runs: list[HostRun], console: Console, interrupts: Interrupts) -> No
             in_parallel(idle, lambda r: unlock_host(r, console), console)
     if in_flight:
         console.error("aborted while a remote step was running on "
-                      f"{', '.join(r.name for r in in_flight)}: those hosts may be mid-switch "
-                      "and keep their deploy lock. Check them with `inv verify`, then "
-                      "`inv unlock --force` once they are consistent.")
+                      f"{', '.join(r.name for r in in_flight)}: those hosts may be mid-step; "
+                      "their agents finish it (a switch ends healthy or rolled back) and "
+                      "unlock by themselves. Check them with `inv verify`.")
 
 
 def unlock_host(run: HostRun, console: Console) -> None:
@@ -344,7 +362,9 @@ def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
         "read_only": run.dry_run,
     }
     if owner:
-        request["lock"] = {"owner": owner, "wait": lock_wait, "expiry": settings["lock_expiry"]}
+        # a run whose controller vanished finishes its step within its own limit
+        request["lock"] = {"owner": owner, "wait": lock_wait, "expiry": settings["lock_expiry"],
+                           "orphan_wait": float(settings["ssh"]["command_timeout"]) + 10}
     result = call(run, request, console)
     run.facts["python"] = result["python"]
     run.facts["releases"] = result["releases"]
@@ -485,7 +505,9 @@ def hook_context(run: HostRun, run_once_here: bool) -> dict[str, Any]:
 
 def host_values(run: HostRun) -> dict[str, str]:
     """Placeholder values known to the controller ({release}/{revision} come from the host)."""
-    return {"host": run.host.address, "name": run.name, "deploy_to": run.host.deploy_to,
+    endpoint = run.conn.endpoint if run.conn is not None else None
+    address = endpoint.hostname if endpoint is not None else run.host.address  # ssh_config HostName
+    return {"host": address, "name": run.name, "deploy_to": run.host.deploy_to,
             "previous": run.previous or ""}
 
 
@@ -513,6 +535,9 @@ def fire_local(point: str, run: HostRun, release: str | None, console: Console) 
 
 def record_activation(run: HostRun, result: dict[str, Any]) -> None:
     attempt = result["attempt"]
+    run.facts["warnings"] = [
+        f"pid {s['pid']} ({s['user']}: {s['command'][:80]}) runs from {', '.join(s['runs'])}"
+        for s in attempt.get("strays") or []]
     run.programs = attempt.get("programs", [])
     run.health = attempt.get("health")
     run.release = result.get("release")
@@ -611,16 +636,21 @@ def call(run: HostRun, request: dict[str, Any], console: Console, quiet: bool = 
          answer: Answer | None = None) -> dict[str, Any]:
     """One agent call on this host's connection; progress lines are prefixed with the host."""
     assert run.conn is not None
+    if run.lock_token and not run.dry_run and "deploy_to" in request:
+        # the host refuses changes from a run that no longer holds its lock
+        request = dict(request, lock_token=run.lock_token)
     on_event: Callable[[str], None] | None = None
     if not quiet:
         def on_event(message: str) -> None:
             console.host(run.name, message)
     run.in_flight = True
+    step_started = time.monotonic()
     try:
         reply: AgentCall = run.conn.call(request, on_event=on_event,
                                          timeout=run.remaining_time(), answer=answer)
     finally:
         run.in_flight = False
+        run.busy += time.monotonic() - step_started
     if reply.error:
         raise RemoteError(run.name, reply.error["message"])
     assert reply.result is not None
@@ -645,14 +675,20 @@ def locked_run(hosts: list[Host], console: Console, action: str, release: str | 
     started = time.time()
     run_id = new_run_id()
     runs = [HostRun(host, dry_run=dry_run) for host in hosts]
-    try:
-        owner = lock_owner(run_id, action, release)
-        lock_fleet(runs, console, lambda r: check_and_lock(r, console, owner, lock_wait))
-        if not StopRule(RolloutPolicy(), len(runs), console).halted(runs, "preflight"):
-            in_parallel(runs, step, console)
-        return finish(runs, console, action, run_id, None, started)
-    finally:
-        close_all(runs)
+    with Interrupts(console) as interrupts:
+        stop = StopRule(RolloutPolicy(), len(runs), console)
+        stop.interrupts = interrupts
+        try:
+            owner = lock_owner(run_id, action, release)
+            lock_fleet(runs, console, lambda r: check_and_lock(r, console, owner, lock_wait))
+            if not stop.halted(runs, "preflight"):
+                in_parallel(active(runs), step, console)
+            return finish(runs, console, action, run_id, None, started, interrupts)
+        except BaseException:
+            abandon(runs, console, interrupts)
+            raise
+        finally:
+            close_all(runs)
 
 
 def roll_back_host(run: HostRun, console: Console, to: str | None) -> None:

@@ -10,6 +10,7 @@ everything else is replaced.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -104,6 +105,43 @@ def _list_of(item: Validator) -> Validator:
     return check
 
 
+def _identity(value: Any, path: str) -> tuple[str, ...]:
+    """ssh.identity: one private key file or a list of them (tried in order)."""
+    if isinstance(value, str) and value:
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise _Invalid(f"expected a key file path or a list of them, got {_describe(value)}")
+
+
+_JUMP_RE = re.compile(r"^(?:[A-Za-z0-9_.][A-Za-z0-9_.-]*@)?[A-Za-z0-9_.:\[\]-]+?(?::\d{1,5})?$")
+
+
+def _ssh_config_setting(value: Any, path: str) -> str | bool:
+    """ssh.config: a path to an ssh_config file (used alone, like `ssh -F`), or false to
+    read none; unset reads ~/.ssh/config and /etc/ssh/ssh_config as OpenSSH does."""
+    if value is False:
+        return False
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"expected a path to an ssh_config file or false, got {_describe(value)}")
+    return value
+
+
+def _proxy_jump(value: Any, path: str) -> tuple[str, ...]:
+    """ssh.proxy_jump: "[user@]host[:port]" or a list of them (first hop first); false or
+    [] means a direct connection even if ssh_config names a ProxyJump."""
+    if value is False:
+        return ()
+    hops = [value] if isinstance(value, str) else value
+    if not isinstance(hops, list):
+        raise _Invalid(f"expected \"[user@]host[:port]\" or a list of them, got {_describe(value)}")
+    for index, hop in enumerate(hops):
+        if not isinstance(hop, str) or not _JUMP_RE.match(hop):
+            where = path if isinstance(value, str) else f"{path}[{index}]"
+            raise _Invalid(f"expected \"[user@]host[:port]\", got {_describe(hop)}", where)
+    return tuple(hops)
+
+
 def _absolute_path(value: Any, path: str) -> str:
     text = _string(value, path)
     if not text.startswith("/"):
@@ -115,8 +153,15 @@ def _absolute_path(value: Any, path: str) -> str:
     return text
 
 
+def normalise_path(text: str) -> str:
+    """An absolute path in one canonical spelling: `//etc`, `/./etc` and `/etc/.` are all
+    `/etc` (normpath alone keeps a leading `//`, which POSIX leaves implementation-defined).
+    Guards compare this, never the spelling a user typed."""
+    return posixpath.normpath("/" + text.lstrip("/"))
+
+
 def _deploy_to(value: Any, path: str) -> str:
-    text = _absolute_path(value, path).rstrip("/") or "/"
+    text = normalise_path(_absolute_path(value, path))
     if text in SYSTEM_DIRS:
         raise _Invalid(f"expected a dedicated directory, not the system directory {text!r}")
     return text
@@ -171,8 +216,10 @@ HEALTH_SCHEMA: Schema = {
 SSH_SCHEMA: Schema = {
     "user": _string,
     "port": _integer(1, 65535),
-    "identity": _string,
+    "identity": _identity,
     "known_hosts": _string,
+    "config": _ssh_config_setting,
+    "proxy_jump": _proxy_jump,
     "connect_timeout": _number(0.1, 600),
     "command_timeout": _number(1, 86400),
     "host_timeout": _number(1, 7 * 86400),
@@ -221,7 +268,22 @@ SETTINGS_SCHEMA: Schema = {
     "venv": VENV_SCHEMA,
     "balancer": BALANCER_SCHEMA,
 }
-HOST_SCHEMA: Schema = {"host": _string, "port": _integer(1, 65535), "user": _string}
+def _address(value: Any, path: str) -> str:
+    """An address or DNS name alone: `10.0.0.1:2222` and `deploy@web1` would pass as
+    strings and only fail at connect, so they are refused here with what to write."""
+    text = _string(value, path)
+    user, at, rest = text.rpartition("@")
+    if at:
+        raise _Invalid(f"expected an address without a user, got {text!r}: "
+                       f"write host: {rest} and user: {user}")
+    port = re.match(r"^\[?([^\[\]:]+|[0-9A-Fa-f:]+)\]?:(\d+)$", text)
+    if port and (text.startswith("[") or text.count(":") == 1):
+        raise _Invalid(f"expected an address without a port, got {text!r}: "
+                       f"write host: {port.group(1)} and port: {port.group(2)}")
+    return text
+
+
+HOST_SCHEMA: Schema = {"host": _address, "port": _integer(1, 65535), "user": _string}
 HOST_SCHEMA = {**HOST_SCHEMA, **SETTINGS_SCHEMA}
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -232,8 +294,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "source": {"ref": "HEAD", "exclude": ()},
     "supervisor": {"programs": (), "sudo": False, "stop_timeout": 60, "start_timeout": 60},
     "health": {"expect_status": 200, "timeout": 30.0, "interval": 1.0, "request_timeout": 5.0},
-    "ssh": {
-        "port": 22,
+    "ssh": {  # no port: one given nowhere is ssh_config's, else 22 (see deploytools/access.py)
         "connect_timeout": 10.0,
         "command_timeout": 900.0,
         "host_timeout": 3600.0,
@@ -287,8 +348,8 @@ class Host:
     """One host of the inventory with its fully merged settings."""
 
     name: str
-    address: str
-    port: int
+    address: str  # as written in the inventory: an address, a DNS name or an ssh_config alias
+    port: int | None  # None: not set in the inventory (ssh_config's Port, else 22)
     user: str | None
     groups: tuple[str, ...]
     settings: Mapping[str, Any] = field(repr=False)
@@ -372,6 +433,7 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
     except OSError as exc:
         raise InventoryError(name, "", f"cannot read inventory: {exc.strerror}") from None
     try:
+        _refuse_duplicate_keys(name, yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -379,6 +441,26 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise InventoryError(name, "", f"{where}{problem}") from None
     return parse_inventory(data, name, base_dir=file.resolve().parent)
+
+
+def _refuse_duplicate_keys(file: str, node: Any, path: str = "") -> None:
+    """YAML lets a later key silently win over an earlier one (a second `deploy_to:`
+    deploys somewhere else than the reader sees); an inventory must say it once."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            where = f"{path}.{key}" if path else str(key)
+            if key is not None and key != "<<":
+                if key in seen:
+                    raise InventoryError(file, where, f"duplicate key (line {line}; first "
+                                         f"on line {seen[key]}): say it once")
+                seen[key] = line
+            _refuse_duplicate_keys(file, value_node, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(file, item, f"{path}[{index}]")
 
 
 def parse_inventory(
@@ -408,6 +490,7 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
     hosts: dict[str, Host] = {}
     host_groups: dict[str, list[str]] = {}
     raw_hosts: dict[str, tuple[dict, dict]] = {}
+    listed_vars: dict[str, list[dict]] = {}  # vars of groups that list a host by name
     groups: dict[str, tuple[str, ...]] = {}
     for group_name, group in raw_groups.items():
         gpath = f"groups.{group_name}"
@@ -433,6 +516,8 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
                 raw_hosts[host_name] = (entry, group.get("vars", {}))
             else:
                 raw_hosts.setdefault(host_name, ({}, {}))
+                if group.get("vars"):  # listing a host by name still applies the vars
+                    listed_vars.setdefault(host_name, []).append(group["vars"])
             host_groups.setdefault(host_name, []).append(group_name)
             names.append(host_name)
         groups[group_name] = tuple(names)
@@ -442,10 +527,14 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
         if not entry:
             raise _Invalid("host is listed but never defined with at least 'host'", hpath)
         settings = merge_settings(defaults, group_vars)
+        for more_vars in listed_vars.get(host_name, ()):  # in file order, before the host's
+            settings = merge_settings(settings, more_vars)
         settings = merge_settings(
             settings, {k: v for k, v in entry.items() if k not in ("host", "port", "user")}
         )
-        settings["ssh"] = _resolve_paths(settings["ssh"], ("identity", "known_hosts"), base_dir)
+        settings["ssh"] = _resolve_paths(settings["ssh"], ("identity", "known_hosts", "config"),
+                                         base_dir)
+        _check_ssh_config_file(settings["ssh"], f"{hpath}.ssh.config")
         settings["source"] = _resolve_paths(settings["source"], ("path", "repo"), base_dir)
         for required in ("deploy_to",):
             if required not in settings:
@@ -466,7 +555,7 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
         hosts[host_name] = Host(
             name=host_name,
             address=entry["host"],
-            port=entry.get("port", settings["ssh"]["port"]),
+            port=entry.get("port", settings["ssh"].get("port")),
             user=entry.get("user", settings["ssh"].get("user")),
             groups=tuple(host_groups[host_name]),
             settings=settings,
@@ -484,8 +573,22 @@ def _resolve_paths(
     resolved = dict(settings)
     for key in keys:
         value = resolved.get(key)
-        if not value or "://" in value or re.match(r"^[\w.-]+@[\w.-]+:", value):
-            continue
-        path = Path(os.path.expanduser(value))
-        resolved[key] = str(path if path.is_absolute() else base_dir / path)
+        if isinstance(value, tuple):  # a list of paths (ssh.identity)
+            resolved[key] = tuple(_resolve_path(v, base_dir) for v in value)
+        elif isinstance(value, str) and value:
+            resolved[key] = _resolve_path(value, base_dir)
     return resolved
+
+
+def _resolve_path(value: str, base_dir: Path) -> str:
+    if "://" in value or re.match(r"^[\w.-]+@[\w.-]+:", value):
+        return value
+    path = Path(os.path.expanduser(value))
+    return str(path if path.is_absolute() else base_dir / path)
+
+
+def _check_ssh_config_file(ssh: Mapping[str, Any], path: str) -> None:
+    """A named ssh_config must exist (OpenSSH refuses a missing -F file too)."""
+    config = ssh.get("config")
+    if isinstance(config, str) and not os.path.isfile(config):
+        raise _Invalid(f"ssh_config file not found: {config}", path)

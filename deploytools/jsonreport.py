@@ -12,6 +12,7 @@ import json
 import socket
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ def host_entry(run: HostRun) -> dict[str, Any]:
     if verify.get("checks") is not None:
         entry["checks"] = [{"check": c["check"], "ok": c["ok"], "detail": c["detail"],
                             "fix": c.get("fix")} for c in verify["checks"]]
+    if run.facts.get("warnings"):
+        entry["warnings"] = list(run.facts["warnings"])
     if "lock" in verify or "lock" in run.facts:
         entry["lock"] = verify.get("lock", run.facts.get("lock"))
     if run.facts.get("releases") is not None and isinstance(run.facts["releases"], list):
@@ -103,8 +106,41 @@ def build_report(result: RunResult, options: dict[str, Any]) -> dict[str, Any]:
 
 def write_report(result: RunResult, options: dict[str, Any], target: str) -> None:
     """Write the report to a file (atomically) or to stdout with `-`."""
-    text = mask_secrets(json.dumps(build_report(result, options), indent=2, sort_keys=True,
-                                   default=str)) + "\n"
+    write_document(build_report(result, options), target)
+
+
+def error_report(action: str, options: dict[str, Any], started_at: float, exit_code: int,
+                 message: str) -> dict[str, Any]:
+    """The report of a run that ended without a result (exit 1, 2, an abort): a pipeline
+    reading `--json` must never find the previous run's report, or none."""
+    now = time.time()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "deploytools", "version": __version__},
+        "run": {
+            "id": uuid.uuid4().hex[:12],
+            "action": action,
+            "release_id": None,
+            "revision": None,
+            "ref": None,
+            "user": getpass.getuser(),
+            "controller": socket.gethostname(),
+            "started_at": iso(started_at),
+            "ended_at": iso(now),
+            "seconds": round(max(0.0, now - started_at), 3),
+            "dry_run": bool(options.get("dry_run")),
+            "options": {k: v for k, v in options.items() if v is not None},
+        },
+        "exit_code": exit_code,
+        "outcome": "error",
+        "error": message,
+        "hosts": [],
+    }
+
+
+def write_document(document: dict[str, Any], target: str) -> None:
+    """Write a report document, masked, to a file (atomically) or to stdout with `-`."""
+    text = mask_secrets(json.dumps(document, indent=2, sort_keys=True, default=str)) + "\n"
     if target == "-":
         sys.stdout.write(text)
         sys.stdout.flush()

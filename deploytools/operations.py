@@ -20,7 +20,7 @@ from deploytools.flow import (
     locked_run,
     new_run_id,
 )
-from deploytools.inventory import Host
+from deploytools.inventory import Host, normalise_path
 from deploytools.report import HEALTHY, LOCKED_OUT, Console, HostRun
 from deploytools.rollout import in_parallel
 
@@ -68,8 +68,12 @@ def clear_cache(hosts: list[Host], console: Console, *, path: str | None = None,
                 lock_wait: float = 0, dry_run: bool = False) -> RunResult:
     """Remove bytecode from the current release (or PATH) under the deploy lock; optionally
     restart the programs (stop -> start) and health-check them."""
+    if path:
+        if ".." in path.split("/"):
+            raise ConfigError(f"--path {path} must not contain '..'")
+        path = normalise_path(path)
     for host in hosts:
-        if path and not (path.rstrip("/") + "/").startswith(host.deploy_to + "/"):
+        if path and not (path + "/").startswith(host.deploy_to + "/"):
             raise ConfigError(f"--path {path} is not under deploy_to {host.deploy_to} "
                               f"of {host.name}")
     return locked_run(hosts, console, "clear-cache", None,

@@ -7,7 +7,9 @@ what a failure means for the rest of the fleet.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -111,8 +113,11 @@ class Interrupts:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self.console.error(f"{signal.Signals(signum).name}: finishing the steps in flight, "
-                           "then stopping (press Ctrl-C again to abort at once)")
+        # os.write, not the console: a handler that takes the console's lock could wait
+        # forever on the very thread it interrupted
+        with contextlib.suppress(OSError):
+            os.write(2, f"{signal.Signals(signum).name}: finishing the steps in flight, then "
+                        "stopping (press Ctrl-C again to abort at once)\n".encode())
 
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is threading.main_thread():
@@ -149,8 +154,14 @@ def in_parallel(runs: Sequence[HostRun], step: Callable[[HostRun], None], consol
     if len(runs) == 1:
         guarded(runs[0])
         return
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(runs))) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(runs)))
+    try:
         list(pool.map(guarded, runs))
+    except BaseException:
+        # a second Ctrl-C aborts at once: never wait here for the steps in flight
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def parse_serial(value: str | int | None, total: int) -> int:

@@ -954,7 +954,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
-        if path == "/health":
+        if path == "/health" and getattr(views, "HEALTH_MODE", "ok") != "ok":
+            self.broken_health(views.HEALTH_MODE)
+        elif path == "/health":
             status = views.HEALTH_STATUS
             body = json.dumps({
                 "status": "ok" if status == 200 else "error",
@@ -969,6 +971,18 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, "text/plain; charset=utf-8", (views.greeting() + "\\n").encode())
         else:
             self.reply(404, "text/plain; charset=utf-8", b"not found\\n")
+
+    def broken_health(self, mode):
+        """Answer /health the way broken proxies and apps do (see write_sample_app)."""
+        if mode == "garbage":
+            self.wfile.write(b"this is not HTTP\\r\\n\\r\\n")
+        else:  # "truncated": the body ends before its Content-Length
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b'{"status": "ok", "rel')
+        self.close_connection = True
 
     def reply(self, status, content_type, body):
         self.send_response(status)
@@ -1065,6 +1079,7 @@ def write_sample_app(
     health_status: int = 200,
     crash_on_import: bool = False,
     extra_modules: int = 0,
+    health_mode: str = "ok",
     boot_delay: float = 0,
 ) -> None:
     """Write the stdlib-only sample app into ``dest`` (a source dir or a release dir).
@@ -1072,6 +1087,7 @@ def write_sample_app(
     ``health_status`` makes /health fail (e.g. 500) and ``crash_on_import`` makes the app
     die at start, to exercise health-check and spawn-error rollbacks; ``extra_modules``
     adds that many never-imported modules under ``sampleapp/mods`` to make it bigger;
+    ``health_mode`` "garbage" or "truncated" makes /health answer malformed HTTP;
     ``boot_delay`` makes the app take that many seconds to boot before it listens (as
     real apps do: what a balancer drain has to cover).
     Files are overwritten, nothing is deleted.
@@ -1083,6 +1099,8 @@ def write_sample_app(
     (dest / "worker.py").write_text(_WORKER_PY, encoding="utf-8")
     (pkg / "__init__.py").write_text('"""The sample app package."""\n', encoding="utf-8")
     views = _VIEWS_PY.format(version=version, health_status=int(health_status))
+    if health_mode != "ok":  # "garbage" (not HTTP at all) or "truncated" (short body)
+        views += f"\nHEALTH_MODE = {health_mode!r}\n"
     if crash_on_import:
         views += '\n\nraise RuntimeError("boom: crash on import")\n'
     if boot_delay > 0:

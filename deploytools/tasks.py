@@ -18,10 +18,15 @@ line; exit codes are listed in deploytools.errors.ExitCode and the README.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import inspect
+import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from invoke import Collection, Context, task
@@ -54,17 +59,26 @@ def _run(body: Flow, *, debug: bool = False, json: str | None = None, log: str |
     """Run a flow; write its report; turn its outcome (or error) into one line and a code."""
     # With the report on stdout, progress goes to stderr so stdout stays pure JSON.
     console = make_console(sys.stderr if json == "-" else sys.stdout, log=log)
+    action = _task_name(inspect.currentframe())
     try:
-        result = body(console)
+        result = _reported(body, console, json, action, options or {})
     except KeyboardInterrupt:
-        raise Exit("interrupted", ExitCode.INTERRUPTED) from None
+        # A hard abort (second Ctrl-C): leave now, without waiting for the threads still
+        # in a remote step; their agents finish that step and unlock by themselves.
+        console.close()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.write("interrupted\n")
+            sys.stderr.flush()
+        os._exit(int(ExitCode.INTERRUPTED))
     except DeployToolsError as exc:
         if debug:
-            traceback.print_exc()
+            sys.stderr.write(mask_secrets(traceback.format_exc()))
         raise Exit(mask_secrets(f"error: {exc}"), int(exc.exit_code)) from None
     except Exception as exc:
-        traceback.print_exc(file=sys.stderr)
-        raise Exit(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL) from None
+        sys.stderr.write(mask_secrets(traceback.format_exc()))
+        raise Exit(mask_secrets(f"internal error: {type(exc).__name__}: {exc}"),
+                   ExitCode.INTERNAL) from None
     finally:
         console.close()
         # What is left is garbage the process exit frees wholesale; a last full collection
@@ -81,6 +95,38 @@ def _run(body: Flow, *, debug: bool = False, json: str | None = None, log: str |
         message = "; ".join(failed) or result.exit_code.name
         raise Exit(mask_secrets(f"{result.action} failed ({result.exit_code.name.lower()}): "
                                 f"{message}"), int(result.exit_code))
+
+
+def _task_name(frame: FrameType | None) -> str:
+    """The task that called _run (`clear_cache` -> `clear-cache`), for error reports."""
+    caller = frame.f_back if frame is not None else None
+    return caller.f_code.co_name.replace("_", "-") if caller is not None else "unknown"
+
+
+def _reported(body: Flow, console: Console, json: str | None, action: str,
+              options: dict[str, Any]) -> flow.RunResult | None:
+    """Run the flow; when it ends without a result (a config error, a crash, an abort),
+    still write the --json report, with outcome "error" and why, then re-raise: a
+    pipeline must never read the previous run's report as this run's."""
+    started = time.time()
+    try:
+        return body(console)
+    except BaseException as exc:
+        if json:
+            from deploytools.jsonreport import error_report, write_document
+
+            if isinstance(exc, KeyboardInterrupt):
+                code, message = int(ExitCode.INTERRUPTED), "interrupted"
+            elif isinstance(exc, DeployToolsError):
+                code, message = int(exc.exit_code), str(exc)
+            elif isinstance(exc, SystemExit):
+                code, message = int(ExitCode.INTERNAL), f"aborted (exit {exc.code})"
+            else:
+                code, message = int(ExitCode.INTERNAL), f"internal error: " \
+                    f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):  # the report must not hide the error
+                write_document(error_report(action, options, started, code, message), json)
+        raise
 
 
 @task(help={**COMMON_HELP, "ref": "Git ref to deploy (default: source.ref, else HEAD).",

@@ -86,7 +86,8 @@ def status_fleet(hosts: list[Host], console: Console) -> RunResult:
     for run in runs:
         result = run.facts.get("verify") or {}
         checks = {c["check"]: c for c in result.get("checks", [])}
-        processes = [c for name, c in checks.items() if name.startswith("process ")]
+        processes = [c for name, c in checks.items()
+                     if name.startswith("process ") or name == "old code"]
         health = checks.get("health")
         lock = result.get("lock")
         rows.append([

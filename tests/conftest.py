@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,3 +142,57 @@ def release_dirs(deploy_to: Path) -> list[Path]:
 def current_release(host_deploy_to: Path) -> str | None:
     link = host_deploy_to / "current"
     return os.readlink(link).rsplit("/", 1)[-1] if link.is_symlink() else None
+
+
+class Background:
+    """An `inv` run in the background whose output can be waited on line by line."""
+
+    def __init__(self, cli: Cli, *args: str) -> None:
+        command = [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), *args,
+                   "--inventory", str(cli.inventory)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(predicate(line) for line in list(self.lines)):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError("never saw the expected line:\n" + "".join(self.lines))
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(5)
+        return code, "".join(self.lines)
+
+    def stop(self) -> None:
+        """Kill the run by PID if a failed test left it going, and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(5)
+
+
+@pytest.fixture()
+def background() -> Iterator[Callable[..., Background]]:
+    """Starts Background runs; whatever a test leaves running is stopped by PID."""
+    started: list[Background] = []
+
+    def start(cli: Cli, *args: str) -> Background:
+        started.append(Background(cli, *args))
+        return started[-1]
+
+    yield start
+    for run in started:
+        run.stop()

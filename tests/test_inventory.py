@@ -48,10 +48,11 @@ def test_precedence_host_over_group_over_defaults(tmp_path: Path) -> None:
     assert web1.get("health.timeout") == 5.0
     assert web1.get("health.url") == "http://{host}:8000/health"
     assert stage1.get("health.timeout") == 30.0
-    assert (web2.port, web1.port) == (2222, 22)
+    # a port set nowhere stays unset: ssh_config's Port applies, else 22 (deploytools.access)
+    assert (web2.port, web1.port) == (2222, None)
     assert (web1.user, stage1.user) == ("deploy", "ops")
     # relative key path resolves against the inventory's directory
-    assert web1.get("ssh.identity") == str(tmp_path / "keys/id_ed25519")
+    assert web1.get("ssh.identity") == (str(tmp_path / "keys/id_ed25519"),)
     assert web1.get("pyc_invalidation") == "checked-hash"
 
 
@@ -98,6 +99,16 @@ def test_host_selection(tmp_path: Path) -> None:
         (lambda d: d["defaults"]["source"].update(path="/x"),
          "groups.prod.hosts.web1.source", "exactly one of source.repo"),
         (lambda d: d.update(extra=1), "extra", "unknown key 'extra'"),
+        (lambda d: d["ssh"].update(identity=[]),
+         "ssh.identity", "expected a key file path or a list of them"),
+        (lambda d: d["ssh"].update(config=True),
+         "ssh.config", "expected a path to an ssh_config file or false"),
+        (lambda d: d["ssh"].update(config="missing_config"),
+         "groups.prod.hosts.web1.ssh.config", "ssh_config file not found"),
+        (lambda d: d["groups"]["prod"]["vars"].update(ssh={"proxy_jump": "a b"}),
+         "groups.prod.vars.ssh.proxy_jump", 'expected "[user@]host[:port]"'),
+        (lambda d: d["ssh"].update(proxy_jump=["ops@bastion:22", 5]),
+         "ssh.proxy_jump[1]", 'expected "[user@]host[:port]"'),
     ],
 )
 def test_validation_names_file_key_path_and_expectation(
@@ -129,3 +140,17 @@ def test_example_inventory_is_valid() -> None:
     example = Path(__file__).resolve().parent.parent / "inventory.example.yaml"
     inv = load_inventory(example)
     assert inv.hosts and inv.groups
+
+
+def test_access_settings_merge_and_resolve(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    (tmp_path / "ssh_config").write_text("Host *\n  User cfg\n")
+    data["ssh"].update(identity=["keys/a", "/abs/b"], config="ssh_config")
+    data["groups"]["prod"]["vars"]["ssh"] = {"proxy_jump": "ops@bastion:2222"}
+    data["groups"]["staging"]["hosts"]["stage1"]["ssh"] = {"proxy_jump": False}
+    inv = load_inventory(write(tmp_path, data))
+    web1, stage1 = inv.hosts["web1"], inv.hosts["stage1"]
+    assert web1.get("ssh.identity") == (str(tmp_path / "keys/a"), "/abs/b")
+    assert web1.get("ssh.config") == str(tmp_path / "ssh_config")
+    assert (web1.get("ssh.proxy_jump"), stage1.get("ssh.proxy_jump")) == \
+        (("ops@bastion:2222",), ())

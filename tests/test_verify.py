@@ -126,7 +126,7 @@ def test_current_switched_by_hand_without_restart(vcli: Cli, fleet2: Fleet,
     temp.symlink_to(f"releases/{older}")
     temp.replace(host.deploy_to / "current")
     out = verify_fails(vcli, host, "process app:app", "not in the current release",
-                       f"health reports release {running}, expected {older}")
+                       f"release is '{running}', expected '{older}'")
     assert "restart from the current release" in out  # says what fixes it
     assert f"{host.name} ({host.address}): FAILED" in out
     assert f"{fleet2.hosts[1].name} ({fleet2.hosts[1].address}): ok" in out

@@ -25,12 +25,12 @@ import time
 import zlib
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional
 
-from deploytools.remote import build, bytecode, health, hooks, verify
+from deploytools.remote import build, bytecode, health, hooks, locking, processes, verify
 from deploytools.remote.bytecode import pyc_path
 from deploytools.remote.health import expand_placeholders
 from deploytools.remote.intact import intact_files, record_intact
-from deploytools.remote.releases import MANIFEST, META_DIR, Layout, files_digest
-from deploytools.remote.supervisor import Supervisor, SupervisorError, process_facts
+from deploytools.remote.releases import MANIFEST, META_DIR, Layout, files_digest, in_shared
+from deploytools.remote.supervisor import Supervisor, SupervisorError
 
 
 class AgentError(Exception):
@@ -55,6 +55,20 @@ def emit(kind: str, value: Any) -> None:
         sys.stdout.flush()
     except (OSError, ValueError):
         _controller_gone = True
+
+
+def controller_gone() -> None:
+    global _controller_gone
+    _controller_gone = True
+
+
+def abandoned(layout: Layout, facts: Dict[str, Any]) -> None:
+    """The history line of a run whose controller vanished while it held the lock."""
+    layout.append_history({
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "action": facts.get("action") or "deploy", "outcome": "abandoned",
+        "release": layout.current_id(), "previous": None,
+        "error": "the controller went away; the agent finished its step and unlocked"})
 
 
 def event(message: str) -> None:
@@ -178,19 +192,34 @@ def lock_holder(layout: Layout, lock: Dict[str, Any]) -> Optional[Dict[str, Any]
 
 
 def wait_for_lock(layout: Layout, lock: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    owner = dict(lock["owner"], acquired_at=time.time())
-    deadline = time.time() + float(lock.get("wait") or 0)
-    announced = False
+    """Take the lock, waiting up to `wait` seconds for a live holder. A holder whose
+    agent is gone is taken over; one whose controller is gone is waited for (up to
+    `orphan_wait`) while it finishes its step and unlocks by itself."""
+    owner = locking.owner_record(lock["owner"])
+    now = time.time()
+    deadline = now + float(lock.get("wait") or 0)
+    orphan_deadline = now + float(lock.get("orphan_wait") or 120)
+    said = set()
     while True:
         if layout.acquire_lock(owner) is None:
+            locking.took(layout, owner)
             return None
         holder = lock_holder(layout, lock) or {"user": "unknown (lock just released)"}
-        if time.time() >= deadline:
+        alive = locking.holder_alive(holder)
+        if alive is False:
+            locking.take_over(layout, holder, event)
+            continue
+        orphaned = bool(alive and holder.get("controller_gone_at")
+                        and time.time() < orphan_deadline)
+        if not orphaned and time.time() >= deadline:
             return holder
-        if not announced:
-            event("lock held by %s; waiting" % holder.get("user", "?"))
-            announced = True
-        time.sleep(0.5)
+        why = "orphaned" if orphaned else "held"
+        if why not in said:
+            said.add(why)
+            event("lock held by a run whose controller is gone; waiting for its agent (pid %s)"
+                  " to finish its step and unlock" % holder.get("agent_pid") if orphaned
+                  else "lock held by %s; waiting" % holder.get("user", "?"))
+        time.sleep(0.2)
 
 
 def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
@@ -246,7 +275,9 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
             manifest["venv"] = result["venv"]["key"]
             timings["venv"] = round(time.time() - started, 3)
         started = time.time()
-        compiled = apply_bytecode(partial, req, files, linked_paths,
+        own_files = {p: d for p, d in files.items()  # shared paths are links: not ours
+                     if not in_shared(p, manifest["shared_paths"])}
+        compiled = apply_bytecode(partial, req, own_files, linked_paths,
                                   layout.release(base) if base else None, base_manifest)
         timings["bytecode"] = round(time.time() - started, 3)
         manifest["python"] = python_facts()
@@ -259,6 +290,7 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
         with open(os.path.join(partial, META_DIR, MANIFEST), "w") as fh:
             json.dump(manifest, fh, indent=1, sort_keys=True)
         os.rename(partial, final)
+        locking.note(layout.deploy_to, prepared=release_id)
         layout.write_state(release_id, **{k: manifest.get(k) for k in SUMMARY_KEYS})
         result["hooks"] = run_hooks_or_fail(layout, "after_prepare", release_id, req)
     except BaseException as exc:
@@ -400,7 +432,9 @@ def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str], linked
         previous.get("invalidation") == req["pyc_invalidation"] and \
         previous.get("magic") == importlib.util.MAGIC_NUMBER.hex()
     sources = [rel for rel in files if rel.endswith(".py")]
-    reuse = {pyc_path(rel, tag): rel for rel in sources if reusable and rel in linked}
+    # a symlinked module's pyc follows its target, which may have changed: never reused
+    reuse = {pyc_path(rel, tag): rel for rel in sources if reusable and rel in linked
+             and not files[rel].startswith("symlink:")}
     # a pyc missing in the base (cleared, never compiled there) is compiled here
     not_there = set(link_files(base_dir or "", root, reuse)) if reuse else set()
     reused = len(reuse) - len(not_there)
@@ -437,6 +471,7 @@ def op_activate(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     if layout.failure(target) and not req.get("allow_failed"):
         raise AgentError("release %s is marked failed (%s)" % (target, layout.failure(target)))
     result: Dict[str, Any] = {"target": target, "fallback": fallback}
+    locking.note(layout.deploy_to, activated=True)  # tried: healthy, or marked failed
     rolling_back = req.get("action") == "rollback"
     attempt = switch_restart_check(layout, target, req, rolling_back)
     result["attempt"] = attempt
@@ -487,6 +522,8 @@ def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any],
                                  % (result["attempts"], result["seconds"], result["error"]))
             event("healthy after %.2fs" % result["seconds"])
         steps["healthy_at"] = time.time()
+        layout.record_served(target, req.get("action") or "deploy")
+        steps["strays"] = warn_strays(layout)
         for point in ("after_restart", "after_rollback") if rolling_back else ("after_restart",):
             steps.setdefault("hooks", []).extend(run_hooks_or_fail(layout, point, target, req))
         steps["ok"] = True
@@ -497,6 +534,11 @@ def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any],
     except (SupervisorError, OSError, RuntimeError) as exc:
         steps["error"] = str(exc)
         event("failed: %s" % exc)
+    except Exception as exc:  # noqa: BLE001 - after a switch, anything is a failed activation
+        # (an XML-RPC Fault, a KeyError in a state wait, a bug): the caller must still
+        # switch back, restart, re-check and mark the release failed.
+        steps["error"] = "%s: %s" % (type(exc).__name__, exc)
+        event("failed: %s" % steps["error"])
     steps["seconds"] = round(time.time() - started, 3)
     return steps
 
@@ -508,23 +550,39 @@ def op_hooks(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
 
 
 def restart(layout: Layout, req: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Stop every program, then start every program, each confirmed by its state."""
+    """Stop every program, then start every program, each confirmed by its state and by
+    the freshness rule (processes.judge): exec'd in the new release, started after it."""
     sup_settings = req["supervisor"]
     sup = Supervisor(sup_settings, timeout=float(sup_settings.get("stop_timeout") or 60) + 5)
     names = sup.expand(list(req["programs"]))
     rows = [{"name": name, "old_pid": sup.info(name).get("pid") or None} for name in names]
     sup.stop_all(names, float(sup_settings.get("stop_timeout") or 60))
     event("stopped %s" % ", ".join(names))
-    release_dir = os.path.realpath(layout.current)
-    infos = sup.start_all(names, float(sup_settings.get("start_timeout") or 60))
+    release_dir = layout.current
+    switched_at = os.lstat(layout.current).st_mtime
+    start_timeout = float(sup_settings.get("start_timeout") or 60)
+    infos = sup.start_all(names, start_timeout)
+    parent = sup.pid()
     for row in rows:
         info = infos[row["name"]]
-        facts = process_facts(info["pid"])
-        row.update(new_pid=info["pid"], started_at=facts["started_at"], cwd=facts["cwd"])
-        if facts["cwd"] and not (facts["cwd"] + "/").startswith(release_dir + "/"):
-            raise AgentError("%s runs in %s, not in %s" % (row["name"], facts["cwd"], release_dir))
+        seen = processes.judge(info["pid"], release_dir, switched_at, parent, start_timeout)
+        row.update(new_pid=info["pid"], started_at=seen["started_at"], cwd=seen["cwd"])
+        if seen["problems"]:
+            raise AgentError("%s (pid %s) %s" % (row["name"], info["pid"],
+                                                 "; ".join(seen["problems"])))
+        for note in seen["unseen"]:
+            event("note: %s" % note)
     event("started %s" % ", ".join("%s (pid %s)" % (r["name"], r["new_pid"]) for r in rows))
     return rows
+
+
+def warn_strays(layout: Layout) -> List[Dict[str, Any]]:
+    """After a restart: processes still running another release's code are reported (a
+    warning here; `inv verify` fails on them)."""
+    found = processes.strays(layout.deploy_to, layout.current_id())["strays"]
+    for stray in found:
+        event("warning: %s; fix: %s" % (processes.describe_stray(stray), processes.FIX_STRAY))
+    return found
 
 
 def op_finish(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
@@ -547,6 +605,7 @@ def op_finish(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
         result["removed_venvs"] = [os.path.basename(v) for v in stale_venvs]
     if req.get("lock_token"):
         result["unlocked"] = layout.release_lock(req["lock_token"])
+        locking.released(layout.deploy_to)
     discard = req.get("discard_release")
     if discard and discard != layout.current_id():
         shutil.rmtree(layout.partial(discard), ignore_errors=True)
@@ -602,6 +661,8 @@ def op_unlock(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
         removed = layout.release_lock(None, force=True)
     else:
         removed = layout.release_lock(req.get("token"))
+    if removed:
+        locking.released(layout.deploy_to)
     return {"owner": owner, "removed": removed, "age_seconds": round(age, 1), "stale": stale}
 
 
@@ -624,7 +685,7 @@ def op_resolve_rollback(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]
             raise AgentError("release %s is marked failed: %s" % (wanted, layout.failure(wanted)))
         target = wanted
     else:
-        target = layout.previous_good(current)
+        target = layout.rollback_target()
         if not target:
             raise AgentError("no previous good release to roll back to (current: %s)" % current)
     return {"current": current, "target": target}
@@ -700,12 +761,20 @@ def time_limit_hit(signum: int, frame: Any) -> None:
     os.killpg(os.getpgrp(), signal.SIGTERM)
 
 
+LOCKED_OPS = ("prepare", "activate", "hooks", "clear_cache")
+
+
 def serve(req: Dict[str, Any], stream: BinaryIO) -> bool:
     """Answer one request; False when the session must end after it: a failed request
     that streamed data may have left part of it unread (the error says so)."""
     ends = bool(req.get("streams"))
     try:
         op = OPS[req["op"]]
+        if req.get("lock_token") and req.get("deploy_to") and \
+                not locking.adopt(Layout(req["deploy_to"]), req["lock_token"]) and \
+                req["op"] in LOCKED_OPS:
+            raise AgentError("this run no longer holds the deploy lock on this host (another "
+                             "run took it over); nothing was changed", "lock_lost")
         emit("result", op(req, stream))
         return True
     except AgentError as exc:
@@ -724,9 +793,14 @@ def main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the SSH session may end before we do
     signal.signal(signal.SIGALRM, time_limit_hit)
     stream = sys.stdin.buffer
+    locking.watch_controller(stream.fileno(), controller_gone)
     while True:
-        req = read_frame(stream)
-        if req is None:
+        try:
+            req = read_frame(stream)
+        except (OSError, ValueError):
+            req = None
+        if req is None:  # the controller closed the session, or vanished
+            locking.abandon_all(abandoned)
             return
         signal.alarm(int(math.ceil(float(req.get("time_limit") or 0))))
         go_on = serve(req, stream)

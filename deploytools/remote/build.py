@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from typing import Any, Callable, Dict, List
@@ -31,7 +32,12 @@ def missing_shared_files(shared_root: str, shared: Dict[str, Any]) -> List[str]:
 
 
 def link_shared(release_dir: str, shared_root: str, shared: Dict[str, Any]) -> List[str]:
-    """Replace each shared path in the release by a relative link into shared/."""
+    """Replace each shared path in the release by a relative link into shared/.
+
+    The release side is walked one component at a time on directory fds, never
+    following a symlink: a repository may hold `public -> /srv/outside`, and then
+    `shared.dirs: [public/uploads]` must not delete or replace anything out there.
+    A symlinked parent is refused, naming the path."""
     linked = []
     for kind in ("dirs", "files"):
         for rel in shared.get(kind) or []:
@@ -41,14 +47,68 @@ def link_shared(release_dir: str, shared_root: str, shared: Dict[str, Any]) -> L
             elif not os.path.exists(target):
                 raise BuildError("shared file %s is missing (create it on the host)" % target)
             link = os.path.join(release_dir, rel)
-            os.makedirs(os.path.dirname(link), exist_ok=True)
-            if os.path.islink(link) or os.path.isfile(link):
-                os.unlink(link)
-            elif os.path.isdir(link):
-                shutil.rmtree(link)
-            os.symlink(os.path.relpath(target, os.path.dirname(link)), link)
+            parent_fd, name = _release_parent(release_dir, rel)
+            try:
+                _remove_at(parent_fd, name)
+                os.symlink(os.path.relpath(target, os.path.dirname(link)), name,
+                           dir_fd=parent_fd)
+            finally:
+                os.close(parent_fd)
             linked.append(rel)
     return linked
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def _release_parent(release_dir: str, rel: str) -> "tuple[int, str]":
+    """An fd on the directory holding `rel` inside the release (made where missing) and
+    rel's last name, reached without following any symlink."""
+    parts = rel.strip("/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise BuildError("shared path %r must be a plain relative path" % rel)
+    fd = os.open(release_dir, _DIR_FLAGS)
+    try:
+        for depth, part in enumerate(parts[:-1]):
+            try:
+                info = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.mkdir(part, 0o755, dir_fd=fd)
+                info = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISDIR(info.st_mode):
+                what = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a directory"
+                raise BuildError(
+                    "shared path %s: %s in the release is %s; refusing to link through it "
+                    "(nothing outside the release is touched)"
+                    % (rel, "/".join(parts[:depth + 1]), what))
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, parts[-1]
+
+
+def _remove_at(dir_fd: int, name: str) -> None:
+    """Remove `name` (a tree, a file or a link, never what a link points to) from the
+    directory open as `dir_fd`; nothing there is fine."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        with os.scandir(fd) as entries:
+            names = [entry.name for entry in entries]
+        for child in names:
+            _remove_at(fd, child)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
 
 
 def venv_key(requirements: bytes, pip_args: List[str], use_uv: bool) -> str:

@@ -61,8 +61,17 @@ def evaluate(status: int, body: bytes, spec: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def describe(spec: Dict[str, Any]) -> str:
+    """What was expected beyond the status, for a passing row ("" when nothing was)."""
+    parts = ["%s == %r" % (k, v) for k, v in sorted((spec.get("expect_json") or {}).items())]
+    if spec.get("expect_text"):
+        parts.append("body contains %r" % spec["expect_text"])
+    return (", " + ", ".join(parts)) if parts else ""
+
+
 def check(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Poll the URL until healthy or the deadline passes; the last attempt explains failures."""
+    import http.client  # its errors: garbage status lines, truncated bodies
     import urllib.error  # here: urllib costs more to import than a session without a
     import urllib.request  # health check spends on anything else
 
@@ -87,9 +96,9 @@ def check(spec: Dict[str, Any]) -> Dict[str, Any]:
         except urllib.error.HTTPError as exc:
             status = exc.code
             body = exc.read(65536) if exc.fp else b""
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
-            problem = "no answer: %s" % reason
+            problem = "no answer: %s" % (reason if str(reason) else type(exc).__name__)
         if status:
             problem = evaluate(status, body, spec) or ""
             if not problem:

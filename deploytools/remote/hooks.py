@@ -9,6 +9,7 @@ travels into the report. `run_once` hooks (migrations) run on one host per deplo
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from typing import Any, Callable, Dict, List, Optional
 
@@ -37,6 +38,14 @@ def hook_environment(release_dir: str, values: Dict[str, str]) -> Dict[str, str]
     return env
 
 
+def shell_command(template: str, values: Dict[str, str]) -> str:
+    """The hook's command with {deploy_to}, {host}, {release}, ... filled in, each value
+    shell-quoted: a hook runs with shell=True, and a value (a host name, a path from the
+    inventory) must never become shell syntax. Write `cd {deploy_to}`, not
+    `cd "{deploy_to}"`; $DEPLOYTOOLS_* variables are there too."""
+    return expand_placeholders(template, {k: shlex.quote(str(v)) for k, v in values.items()})
+
+
 def run_hooks(point: str, hooks: Optional[Dict[str, Any]], release_dir: str,
               values: Dict[str, str], run_once_here: bool,
               event: Callable[[str], None]) -> List[Dict[str, Any]]:
@@ -46,7 +55,7 @@ def run_hooks(point: str, hooks: Optional[Dict[str, Any]], release_dir: str,
         spec = {"run": entry} if isinstance(entry, str) else dict(entry)
         if spec.get("run_once") and not run_once_here:
             continue
-        command = expand_placeholders(spec["run"], values)
+        command = shell_command(spec["run"], values)
         timeout = float(spec.get("timeout") or 600)
         event("%s hook: %s" % (point, command))
         cwd = release_dir if os.path.isdir(release_dir) else values.get("deploy_to") or "/"

@@ -97,10 +97,26 @@ def _shipped_files(layout: Layout, release_id: str, manifest: Optional[Dict[str,
             yield rel, digest, path, info
 
 
-def record_dirs() -> Tuple[str, str]:
-    """Where records live: the SSH user's cache, else a private dir under /tmp."""
-    return (os.path.expanduser("~/.cache/deploytools/intact"),
-            "/tmp/deploytools-%d/intact" % os.getuid())
+def record_dirs() -> Tuple[str, ...]:
+    """Where records live: the SSH user's cache only. A record lets files go unhashed,
+    so it is never kept where another user could plant one (no /tmp fallback: without
+    a cache, every file is hashed)."""
+    return (os.path.expanduser("~/.cache/deploytools/intact"),)
+
+
+def _private(folder: str, parent_only: bool = False) -> bool:
+    """True if `folder` and its parent (the agent cache) are real directories of the
+    SSH user that no one else may write: a record elsewhere could be forged."""
+    paths = (os.path.dirname(folder),) if parent_only else (os.path.dirname(folder), folder)
+    for path in paths:
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return False
+        if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid()
+                or info.st_mode & 0o077):
+            return False
+    return True
 
 
 def _record_path(layout: Layout, folder: str) -> str:
@@ -110,6 +126,8 @@ def _record_path(layout: Layout, folder: str) -> str:
 
 def read_record(layout: Layout, release_id: str) -> Dict[str, List[Any]]:
     for folder in record_dirs():
+        if not _private(folder):
+            continue
         try:
             with open(_record_path(layout, folder)) as fh:
                 document = json.load(fh)
@@ -124,7 +142,12 @@ def write_record(layout: Layout, release_id: str, files: Dict[str, List[Any]]) -
     text = json.dumps({"release": release_id, "deploy_to": layout.deploy_to, "files": files})
     for folder in record_dirs():
         try:
+            os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)
+            if not _private(folder, parent_only=True):
+                continue
             os.makedirs(folder, mode=0o700, exist_ok=True)
+            if not _private(folder):
+                continue
             write_atomic(_record_path(layout, folder), text)
             return
         except OSError:

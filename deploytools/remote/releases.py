@@ -38,6 +38,7 @@ class Layout:
         self.meta = os.path.join(self.deploy_to, META_DIR)
         self.lock = os.path.join(self.meta, "lock")
         self.history = os.path.join(self.meta, "history.jsonl")
+        self.served_log = os.path.join(self.meta, "served.jsonl")
 
     def release(self, release_id: str) -> str:
         if not release_id or "/" in release_id or release_id in (".", "..") or \
@@ -142,6 +143,44 @@ class Layout:
         older = [r for r in self.good_ids() if before is None or r < before]
         return older[-1] if older else None
 
+    def record_served(self, release_id: str, action: str) -> None:
+        """A release passed its health check and serves: the order of these records (not
+        the order of names) decides rollback targets and what cleanup keeps."""
+        self.write_state(release_id, served_at=time.time())
+        self._append(self.served_log, {"release": release_id, "at": time.time(),
+                                       "action": action})
+
+    def served_stack(self) -> List[str]:
+        """Releases in the order they served, as a stack: a deploy pushes its release, a
+        rollback to X pops everything above X (so a second rollback goes further back,
+        never to the release just rolled back from)."""
+        stack: List[str] = []
+        for entry in self._read_lines(self.served_log, 1000):
+            release_id = entry.get("release")
+            if not isinstance(release_id, str):
+                continue
+            if entry.get("action") == "rollback" and release_id in stack:
+                del stack[stack.index(release_id) + 1:]
+                continue
+            if release_id in stack:
+                stack.remove(release_id)
+            stack.append(release_id)
+        return stack
+
+    def rollback_target(self) -> Optional[str]:
+        """The release that served before current and still can: passed a health check
+        here, exists, not marked failed. Hosts without a served record (deployed by an
+        older deploytools) fall back to the newest good release older than current."""
+        current = self.current_id()
+        stack = self.served_stack()
+        if not stack:
+            return self.previous_good(current)
+        for release_id in reversed(stack):
+            if release_id != current and release_id in self.release_ids() and \
+                    self.failure(release_id) is None:
+                return release_id
+        return None
+
     def describe(self) -> List[Dict[str, Any]]:
         current = self.current_id()
         rows = []
@@ -175,9 +214,9 @@ class Layout:
         protected = set(good[-keep:]) if keep > 0 else set()
         if current:
             protected.add(current)
-            previous = self.previous_good(current)
-            if previous:
-                protected.add(previous)
+            for previous in (self.previous_good(current), self.rollback_target()):
+                if previous:
+                    protected.add(previous)
         removed = []
         for release_id in self.release_ids():
             if release_id in protected:
@@ -233,14 +272,30 @@ class Layout:
             return {} if os.path.isdir(self.lock) else None
 
     def acquire_lock(self, owner: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-        """Take the lock atomically (mkdir). Returns None when taken, else the holder."""
+        """Take the lock atomically. Returns None when taken, else the holder.
+
+        The lock directory is built aside with its owner record, then renamed into
+        place, so no lock ever exists without saying who holds it (a crash between
+        mkdir and writing the record would otherwise leave an anonymous lock)."""
         self.ensure()
+        aside = os.path.join(self.meta, ".lock-%d-%s" % (os.getpid(), owner.get("token", "")))
+        shutil.rmtree(aside, ignore_errors=True)
+        os.mkdir(aside)
+        write_atomic(os.path.join(aside, "owner.json"), json.dumps(owner, sort_keys=True))
         try:
-            os.mkdir(self.lock)
-        except FileExistsError:
+            os.rename(aside, self.lock)
+        except OSError:
+            shutil.rmtree(aside, ignore_errors=True)
             return self.lock_owner() or {"owner": "unknown (no owner.json)"}
-        write_atomic(os.path.join(self.lock, "owner.json"), json.dumps(owner, sort_keys=True))
         return None
+
+    def rewrite_lock_owner(self, token: Optional[str], **values: Any) -> None:
+        """Add facts to the owner record of the lock `token` holds (nothing otherwise)."""
+        owner = self.lock_owner()
+        if owner is None or owner.get("token") != token:
+            return
+        owner.update(values)
+        write_atomic(os.path.join(self.lock, "owner.json"), json.dumps(owner, sort_keys=True))
 
     def release_lock(self, token: Optional[str], force: bool = False) -> bool:
         """Remove the lock if `token` owns it (or force). True when removed."""
@@ -255,17 +310,25 @@ class Layout:
     # ------------------------------------------------------------------ history
 
     def append_history(self, entry: Dict[str, Any]) -> None:
+        self._append(self.history, entry)
+
+    def read_history(self, limit: int = 50) -> List[Dict[str, Any]]:
+        return self._read_lines(self.history, limit)
+
+    def _append(self, path: str, entry: Dict[str, Any]) -> None:
+        """One JSON line, appended in a single write (O_APPEND keeps lines whole)."""
         os.makedirs(self.meta, exist_ok=True)
         line = json.dumps(entry, sort_keys=True) + "\n"
-        fd = os.open(self.history, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
 
-    def read_history(self, limit: int = 50) -> List[Dict[str, Any]]:
+    @staticmethod
+    def _read_lines(path: str, limit: int) -> List[Dict[str, Any]]:
         try:
-            with open(self.history) as fh:
+            with open(path) as fh:
                 lines = fh.readlines()[-limit:]
         except OSError:
             return []

@@ -12,7 +12,6 @@ Restart is always stop -> wait stopped -> start -> wait running: supervisor's
 from __future__ import annotations
 
 import configparser
-import contextlib
 import http.client
 import os
 import shlex
@@ -130,6 +129,10 @@ class Supervisor:
     def ping(self) -> str:
         return self.call("getState")["statename"]
 
+    def pid(self) -> int:
+        """supervisord's own pid: a child that has only forked still looks like it."""
+        return int(self.call("getPID"))
+
     def all_info(self) -> List[Dict[str, Any]]:
         return self.call("getAllProcessInfo")
 
@@ -231,44 +234,3 @@ class Supervisor:
             return ""
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return lines[-1][:300] if lines else ""
-
-
-def process_facts(pid: int) -> Dict[str, Any]:
-    """What /proc says about a running process: cwd and start time (epoch seconds)."""
-    facts: Dict[str, Any] = {"pid": pid, "cwd": None, "started_at": None}
-    if not pid:
-        return facts
-    with contextlib.suppress(OSError):
-        facts["cwd"] = os.readlink("/proc/%d/cwd" % pid)
-    try:
-        with open("/proc/%d/stat" % pid) as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        with open("/proc/uptime") as fh:
-            uptime = float(fh.read().split()[0])
-        # Seconds since boot in clock ticks, turned into epoch time against "now": exact to
-        # a tick, unlike /proc/stat's btime, which is rounded to whole seconds.
-        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        facts["started_at"] = time.time() - (uptime - since_boot)
-    except (OSError, ValueError, IndexError):
-        pass
-    return facts
-
-
-def children_of(pid: int) -> List[int]:
-    """Direct and indirect child pids (a gunicorn master's workers, for example)."""
-    parents: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
