@@ -89,7 +89,8 @@ class ServerStat:
 
     @property
     def up(self) -> bool:
-        return self.in_rotation
+        """Fully UP: not "UP 1/3" (a check failed during the restart, going down)."""
+        return self.status in ("UP", "no check")
 
 
 def parse_show_stat(text: str) -> dict[tuple[str, str], ServerStat]:

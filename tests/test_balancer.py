@@ -259,3 +259,54 @@ def test_via_host_reaches_a_socket_only_it_can_see(lb_cli: Cli, app_repo: AppRep
     finally:
         private.stop()
         lb_cli.settings(balancer=balancer(str(proxy.socket)))
+
+
+def test_per_host_hook_points_run_inside_each_batch(lb_cli: Cli, app_repo: AppRepo,
+                                                    fleet4: Fleet, tmp_path: Path) -> None:
+    """Local and shell hooks: before_switch for the whole fleet first, then per host and
+    in batch order before_restart -> (stop, start, health) -> after_restart; --batch-wait
+    pauses between batches."""
+    import io
+
+    import yaml
+
+    from deploytools import flow, local_hooks
+    from deploytools.inventory import load_inventory
+    from deploytools.report import Console
+    from deploytools.rollout import RolloutPolicy
+
+    log = tmp_path / "hooks.log"
+    shell = {point: [f"echo remote {point} {{name}} >> {shlex.quote(str(log))}"]
+             for point in ("before_switch", "before_restart", "after_restart")}
+    data = yaml.safe_load(lb_cli.inventory.read_text())
+    data["defaults"].pop("balancer", None)
+    data["defaults"]["hooks"] = shell
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    stamps: dict[str, float] = {}
+
+    def record(ctx: local_hooks.HookContext) -> None:
+        stamps[f"{ctx.point} {ctx.name}"] = time.monotonic()
+        with log.open("a") as fh:
+            fh.write(f"local {ctx.point} {ctx.name}\n")
+
+    for point in ("before_switch", "before_restart", "after_restart"):
+        local_hooks.on(point)(record)
+    try:
+        app_repo.commit("v-hooks")
+        hosts = load_inventory(inventory).select("prod")
+        result = flow.deploy(hosts, Console(io.StringIO()),
+                             policy=RolloutPolicy(serial=1, batch_wait=0.5))
+    finally:
+        local_hooks.clear()
+    assert result.exit_code == 0
+    lines = log.read_text().splitlines()
+    fleet_wide = lines[:6]
+    assert sorted(fleet_wide) == sorted(f"{side} before_switch {h}" for h in
+                                        ("web1", "web2", "web3") for side in ("local", "remote"))
+    assert lines[6:] == [f"{side} {point} {h}" for h in ("web1", "web2", "web3")
+                         for side, point in (("local", "before_restart"),
+                                             ("remote", "before_restart"),
+                                             ("remote", "after_restart"),
+                                             ("local", "after_restart"))]
+    assert stamps["before_restart web2"] - stamps["after_restart web1"] >= 0.5
