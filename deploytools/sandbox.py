@@ -200,6 +200,8 @@ class SimHost:
     sshd_pid: int | None = None
     supervisord_pid: int | None = None
     sshd_binary: str = field(default="/usr/sbin/sshd", repr=False)
+    # How this host differs from the plain one (see Variant); None for a plain host.
+    variant: Variant | None = field(default=None, repr=False, compare=False)
     _sshd_proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
     _supervisord_proc: subprocess.Popen[bytes] | None = field(
         default=None, repr=False, compare=False
@@ -522,6 +524,10 @@ class Fleet:
                 "interval": 0.2,
             },
         }
+        if self.hosts and all(h.variant is not None for h in self.hosts):
+            # Variant hosts carry their own health expectation (maps merge key by key,
+            # so a default expect_json would also apply to a plain-text host).
+            merged["health"].pop("expect_json")
         merged.update(copy.deepcopy(defaults))
         if groups is None:
             groups = {"prod": [h.name for h in self.hosts]}
@@ -562,12 +568,15 @@ class Fleet:
 
     @staticmethod
     def _host_entry(sim: SimHost) -> dict[str, Any]:
-        return {
+        entry = {
             "host": sim.address,
             "port": sim.port,
             "deploy_to": str(sim.deploy_to),
             "supervisor": {"conf": str(sim.supervisor_conf)},
         }
+        if sim.variant is not None:
+            entry = merge_variant_settings(entry, sim.variant.host_settings())
+        return entry
 
     def stop(self) -> None:
         """Stop every daemon this fleet started, by PID; idempotent.
@@ -949,6 +958,18 @@ def read_revision():
         return None
 
 
+def health_payload(mode):
+    """(content type, body) of /health in the other modes real apps use: the git
+    revision under "release" (REPORT_REVISION in ./.env stands in for a build that
+    reports another one), or plain text naming the release."""
+    release = os.path.basename(os.path.realpath(os.getcwd()))
+    if mode == "text":
+        return "text/plain; charset=utf-8", ("ok %s\\n" % release).encode()
+    revision = read_setting("REPORT_REVISION") or read_revision()
+    body = {"status": "ok", "release": revision, "version": views.VERSION, "pid": os.getpid()}
+    return "application/json", json.dumps(body).encode("utf-8")
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "sampleapp/" + views.VERSION
 
@@ -956,6 +977,8 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/health" and getattr(views, "HEALTH_MODE", "ok") != "ok":
             self.broken_health(views.HEALTH_MODE)
+        if path == "/health" and self.server.health_mode != "release":
+            self.reply(views.HEALTH_STATUS, *health_payload(self.server.health_mode))
         elif path == "/health":
             status = views.HEALTH_STATUS
             body = json.dumps({
@@ -1004,8 +1027,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--health-mode", choices=("release", "revision", "text"),
+                        default="release")
     args = parser.parse_args(argv)
     server = Server((args.bind, args.port), Handler)
+    server.health_mode = args.health_mode
 
     def on_signal(signum, frame):
         # shutdown() waits for serve_forever(), which runs in this very thread.
@@ -1112,3 +1138,257 @@ def write_sample_app(
         (mods / "__init__.py").write_text('"""Ballast modules (never imported)."""\n')
         for index in range(extra_modules):
             (mods / f"m{index:04d}.py").write_text(_filler_module(index), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- variants
+#
+# Real fleets are not configured like the plain host above. Each Variant is one way a
+# team really sets up supervisord, the app and the host (the ways that broke
+# deploytools in issue 11), so the suite and benchmarks/proof.py run against them.
+
+HEALTH_MODES = ("release", "revision", "text")
+APP_KINDS = ("stdlib", "gunicorn")
+GUNICORN_REQUIREMENTS = "gunicorn>=21\n"
+PYPY = "/usr/bin/pypy3"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one simulated host differs from the plain one.
+
+    * ``startsecs``: supervisord's RUNNING threshold (0 = RUNNING right after fork).
+    * ``stopasgroup``: stopasgroup/killasgroup on every program (off leaves children).
+    * ``worker_procs``: >1 makes ``worker`` a group of that many processes, deployed
+      as ``worker:*`` beside ``app``.
+    * ``health``: what /health reports: the release id (JSON), the git revision (JSON
+      ``release`` field) or plain text ``ok <release>``; the inventory expects the same.
+    * ``app``: ``stdlib`` (the sample app) or ``gunicorn`` (a master with
+      ``gunicorn_workers`` workers, installed into the release's venv from PyPI).
+    * ``stubborn_workers``: gunicorn workers that outlive their master (see
+      ``_GUNICORN_STUBBORN_PY``), the case stopasgroup exists for.
+    * ``symlinked_deploy_to``: deploy_to is ``.../srv/app -> data/app``.
+    * ``python``: the host's app interpreter (e.g. PyPy), also the agent's.
+    """
+
+    name: str
+    startsecs: int = 1
+    stopasgroup: bool = True
+    worker_procs: int = 0
+    health: str = "release"
+    app: str = "stdlib"
+    gunicorn_workers: int = 2
+    stubborn_workers: bool = False
+    symlinked_deploy_to: bool = False
+    python: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.health not in HEALTH_MODES:
+            raise ValueError(f"health must be one of {HEALTH_MODES}, got {self.health!r}")
+        if self.app not in APP_KINDS:
+            raise ValueError(f"app must be one of {APP_KINDS}, got {self.app!r}")
+        if self.health == "revision" and self.app != "stdlib":
+            raise ValueError("health 'revision' is only implemented by the stdlib app")
+
+    def programs(self) -> list[str]:
+        """What the inventory deploys: app, and the worker group when there is one."""
+        return ["app", "worker:*"] if self.worker_procs > 1 else ["app"]
+
+    def health_expectation(self) -> dict[str, Any]:
+        """The inventory's health expectation matching what the app reports."""
+        if self.health == "text":
+            return {"expect_text": "ok {release}"}
+        if self.health == "revision":
+            return {"expect_json": {"release": "{revision}"}}
+        return {"expect_json": {"release": "{release}"}}
+
+    def host_settings(self) -> dict[str, Any]:
+        """The per-host inventory settings this variant needs."""
+        settings: dict[str, Any] = {
+            "supervisor": {"programs": self.programs()},
+            "health": self.health_expectation(),
+        }
+        if self.python:
+            settings["python"] = self.python
+        if self.app == "gunicorn":
+            settings["venv"] = {"requirements": "requirements.txt"}
+        return settings
+
+
+def merge_variant_settings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Maps merge key by key (as the inventory does), other values replace."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_variant_settings(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _variant_program_lines(sim: SimHost, variant: Variant) -> list[str]:
+    """Settings every program of this variant shares."""
+    group = "true" if variant.stopasgroup else "false"
+    return [
+        f"directory={sim.deploy_to / 'current'}",
+        "autostart=false",
+        "autorestart=true",
+        f"startsecs={variant.startsecs}",
+        "startretries=1",
+        # Stubborn gunicorn workers ignore SIGTERM: do not wait long for them.
+        f"stopwaitsecs={2 if variant.stubborn_workers else 5}",
+        f"stopasgroup={group}",
+        f"killasgroup={group}",
+    ]
+
+
+def _variant_app_command(sim: SimHost, variant: Variant, python: str) -> str:
+    if variant.app == "gunicorn":
+        parts = [
+            str(sim.deploy_to / "current" / ".venv" / "bin" / "gunicorn"),
+            f"--workers {variant.gunicorn_workers}",
+            f"--bind {sim.address}:{sim.app_port}",
+            # Old workers that survive a stop still hold the old listening socket; with
+            # SO_REUSEPORT the new master binds anyway (else it would die on EADDRINUSE
+            # and the survivors would be the only ones serving).
+            "--reuse-port",
+            "--graceful-timeout 30",
+        ]
+        if variant.stubborn_workers:
+            parts.append("--config gunicorn_stubborn.py")
+        return " ".join(parts + ["wsgiapp:app"])
+    return (f"{python} app.py --bind {sim.address} --port {sim.app_port} "
+            f"--health-mode {variant.health}")
+
+
+def _variant_supervisord_conf_text(sim: SimHost, python: str, variant: Variant) -> str:
+    """The plain host's supervisord.conf with its programs replaced by the variant's."""
+    head = _supervisord_conf_text(sim, python).split("\n[program:app]", 1)[0]
+    common = _variant_program_lines(sim, variant)
+    root = sim.root
+    lines = [
+        head.rstrip("\n"),
+        "",
+        "[program:app]",
+        f"command={_variant_app_command(sim, variant, python)}",
+        *common,
+        f"stdout_logfile={root / 'app.out.log'}",
+        f"stderr_logfile={root / 'app.err.log'}",
+        "",
+        "[program:worker]",
+        f"command={python} worker.py",
+        *common,
+        f"stdout_logfile={root / 'worker.out.log'}",
+        f"stderr_logfile={root / 'worker.err.log'}",
+    ]
+    if variant.worker_procs > 1:
+        lines[-2:] = [
+            f"numprocs={variant.worker_procs}",
+            "process_name=%(program_name)s_%(process_num)d",
+            f"stdout_logfile={root / 'worker-%(process_num)d.out.log'}",
+            f"stderr_logfile={root / 'worker-%(process_num)d.err.log'}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _apply_variant(sim: SimHost, variant: Variant, fleet_python: str) -> None:
+    """Reshape a started (still empty) host into the variant; supervisord is relaunched
+    by the caller so it reads the new config."""
+    if variant.python and not os.access(variant.python, os.X_OK):
+        raise FleetStartError(f"{variant.name}: interpreter {variant.python} is not "
+                              "installed (run .ci/install)")
+    if variant.symlinked_deploy_to:
+        real = sim.deploy_to.parent / "data" / sim.deploy_to.name
+        real.parent.mkdir(parents=True, exist_ok=True)
+        sim.deploy_to.rename(real)
+        sim.deploy_to.symlink_to(os.path.join("data", sim.deploy_to.name))
+    sim.variant = variant
+    sim.name = variant.name
+    sim.supervisor_conf.write_text(
+        _variant_supervisord_conf_text(sim, variant.python or fleet_python, variant))
+
+
+def start_variant_fleet(variants: list[Variant], root: Path | None = None) -> Fleet:
+    """Start one simulated host per variant, named after it; see :class:`Variant`.
+
+    The hosts start plain (start_fleet) and are then reshaped while they are still
+    empty: deploy_to moved behind a symlink, supervisord.conf rewritten and supervisord
+    relaunched, all hosts at once.
+    """
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names) or not all(re.match(r"^[A-Za-z][\w-]*$", n)
+                                                 for n in names):
+        raise ValueError(f"variant names must be unique host names, got {names}")
+    fleet = start_fleet(len(variants), root=root, prefix="var")
+    try:
+        for sim, variant in zip(fleet.hosts, variants, strict=True):
+            _apply_variant(sim, variant, fleet.python)
+        for sim in fleet.hosts:
+            sim._signal_supervisord_stop()
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        for sim in fleet.hosts:
+            sim._reap_supervisord(deadline)
+        for sim in fleet.hosts:
+            sim._launch_supervisord()
+        deadline = time.monotonic() + _SUPERVISORD_READY_TIMEOUT
+        for sim in fleet.hosts:
+            sim._wait_supervisord(deadline)
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
+
+
+_WSGI_APP_PY = '''\
+"""Sample WSGI app for gunicorn: /health reports the release the worker runs from."""
+
+import json
+import os
+
+from sampleapp import views
+
+
+def app(environ, start_response):
+    path = environ.get("PATH_INFO", "/")
+    if path == "/health":
+        body = json.dumps({
+            "status": "ok",
+            "release": os.path.basename(os.path.realpath(os.getcwd())),
+            "version": views.VERSION,
+            "pid": os.getpid(),
+            "ppid": os.getppid(),
+        }).encode("utf-8")
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+    body = (views.greeting() + "\\n").encode("utf-8")
+    start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+_GUNICORN_STUBBORN_PY = '''\
+"""gunicorn settings for workers that outlive their master.
+
+Stands in, deterministically, for workers busy with long requests when supervisord
+stops a master without stopasgroup: the workers ignore SIGTERM, so the master waits
+its graceful timeout and supervisord SIGKILLs it alone after stopwaitsecs; gunicorn's
+own parent check (which would end them at their next request, a race) is disabled.
+"""
+
+import signal
+
+
+def post_worker_init(worker):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker.is_parent_alive = lambda: True
+'''
+
+
+def write_variant_app(dest: Path, version: str = "v1", **options: Any) -> None:
+    """The sample app (see write_sample_app) plus what the gunicorn variants run: a WSGI
+    app, its requirements.txt and the stubborn-worker settings."""
+    write_sample_app(dest, version, **options)
+    dest = Path(dest)
+    (dest / "wsgiapp.py").write_text(_WSGI_APP_PY, encoding="utf-8")
+    (dest / "gunicorn_stubborn.py").write_text(_GUNICORN_STUBBORN_PY, encoding="utf-8")
+    (dest / "requirements.txt").write_text(GUNICORN_REQUIREMENTS, encoding="utf-8")

@@ -226,9 +226,12 @@ def check_processes(layout: Layout, release_id: str,
 def check_strays(layout: Layout, release_id: str) -> Dict[str, Any]:
     found = processes.strays(layout.deploy_to, release_id)
     evidence = {"strays": found["strays"], "unreadable": found["unreadable"]}
-    if found["strays"]:
+    strays = found["strays"]
+    if strays:
+        more = (" (%d in all: pids %s)" % (len(strays), ", ".join(str(s["pid"]) for s in strays))
+                if len(strays) > 3 else "")
         return row("old code", False, "; ".join(processes.describe_stray(s)
-                                               for s in found["strays"][:5]),
+                                               for s in strays[:3]) + more,
                    evidence, processes.FIX_STRAY)
     note = (" (%d processes not readable here)" % found["unreadable"]
             if found["unreadable"] else "")
