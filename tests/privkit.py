@@ -73,9 +73,10 @@ def sudo_commands(fleet: Fleet) -> list[str]:
     return [m.strip() for m in re.findall(r"COMMAND=(.*)", text)]
 
 
-def set_mode(fleet: Fleet, mode: str, user: str = USER) -> None:
+def set_mode(fleet: Fleet, mode: str, user: str = USER, program_user: str | None = None) -> None:
     """Reshape every host for one access mode and restart its supervisord (the socket's
-    owner and mode are set only at supervisord start)."""
+    owner and mode are set only at supervisord start). The programs run as
+    `program_user` (default: the deploy user; another one hides their /proc cwd)."""
     assert mode in MODES, mode
     entry = ensure_user(user)
     fleet.user = user
@@ -87,7 +88,7 @@ def set_mode(fleet: Fleet, mode: str, user: str = USER) -> None:
         sim.authorized_keys.chmod(0o644)  # sshd reads it as the user
         _own(sim.deploy_to, entry)
         os.chown(sim.home, entry.pw_uid, entry.pw_gid)
-        sim.supervisor_conf.write_text(_conf(sim, mode, user))
+        sim.supervisor_conf.write_text(_conf(sim, mode, user, program_user or user))
         sim.supervisor_conf.chmod(0o644)
     _write_sudoers(fleet, mode, user, ctl)
     deadline = time.monotonic() + 20
@@ -106,13 +107,13 @@ def _own(top: Path, entry: pwd.struct_passwd) -> None:
             os.lchown(name, entry.pw_uid, entry.pw_gid)
 
 
-def _conf(sim: SimHost, mode: str, user: str) -> str:
+def _conf(sim: SimHost, mode: str, user: str, program_user: str) -> str:
     """The fleet's supervisord.conf with this mode's socket rights and `user=` programs."""
     text = sim.supervisor_conf.read_text()
     text = re.sub(r"(?m)^(chown=.*\n)?chmod=.*$",
                   f"chown=root:{user}\nchmod=0770" if mode == "group" else "chmod=0700", text)
-    text = re.sub(rf"(?m)^user={re.escape(user)}\n", "", text)
-    return re.sub(r"(?m)^(\[program:[^\]]+\]\n)", rf"\1user={user}\n", text)
+    text = re.sub(r"(?m)^(\[program:[^\]]+\]\n)user=.*\n", r"\1", text)
+    return re.sub(r"(?m)^(\[program:[^\]]+\]\n)", rf"\1user={program_user}\n", text)
 
 
 def _write_sudoers(fleet: Fleet, mode: str, user: str, ctl: Path) -> None:

@@ -4,6 +4,7 @@ program run by a root supervisord as that user, and the three ways to reach supe
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 import yaml
 from conftest import AppRepo, Cli, cli_for, make_fleet
 
+from deploytools.remote.supervisorctl import parse_status
 from deploytools.sandbox import Fleet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a Unix user")
@@ -129,3 +131,36 @@ def test_group_socket(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
     assert "process app" in done.stdout
     assert privkit.sudo_commands(fleet) == []
     assert app_uid(fleet) == pwd.getpwnam(privkit.USER).pw_uid
+
+
+def test_program_of_another_user_is_said_unseen(fleet: Fleet, cli: Cli,
+                                                app_repo: AppRepo) -> None:
+    """The program runs as `nobody`: the deploy user may not read its /proc cwd. Deploy
+    and verify pass (no false alarm) and verify says what it could not see."""
+    privkit.set_mode(fleet, "group", program_user="nobody")
+    try:
+        app_repo.commit("v7")
+        cli("deploy", "--hosts", "prod", check=True)
+        assert app_uid(fleet) == pwd.getpwnam("nobody").pw_uid
+        done = cli("verify", "--hosts", "prod", "--json", "-", check=True)
+        rows = json.loads(done.stdout)["hosts"][0]["checks"]
+        process = next(r for r in rows if r["check"] == "process app:app")
+        assert process["ok"], process
+        assert "not seen" in process["detail"] and "not readable here" in process["detail"]
+    finally:
+        privkit.set_mode(fleet, "group")
+
+
+def test_parse_status() -> None:
+    """supervisorctl's status text becomes getProcessInfo-shaped rows; noise is kept apart."""
+    text = ("app                              RUNNING   pid 4242, uptime 0:00:05\n"
+            "web:web_0                        BACKOFF   Exited too quickly (process log may "
+            "have details)\n"
+            "worker                           STOPPED   Not started\n"
+            "unix:///x/supervisor.sock refused connection\n")
+    infos, noise = parse_status(text)
+    assert [(i["group"], i["name"], i["statename"], i["pid"]) for i in infos] == [
+        ("app", "app", "RUNNING", 4242), ("web", "web_0", "BACKOFF", 0),
+        ("worker", "worker", "STOPPED", 0)]
+    assert infos[1]["description"].startswith("Exited too quickly")
+    assert noise == ["unix:///x/supervisor.sock refused connection"]
