@@ -74,6 +74,21 @@ def test_sudo_supervisorctl_only(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> N
     assert_only_supervisorctl_under_sudo(fleet)
 
 
+def test_crash_through_supervisorctl_is_explained_and_rolled_back(
+        fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
+    """A program that dies at import: through sudo supervisorctl the failure still names
+    supervisor's state and the app's last stderr line, and the host is rolled back."""
+    cli.settings(supervisor={"programs": ["app"], "supervisorctl": ctl_command(fleet)})
+    good = fleet.hosts[0].health()["release"]
+    app_repo.commit("v-crash", crash_on_import=True)
+    done = cli("deploy", "--hosts", "prod")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "BACKOFF" in done.stderr or "FATAL" in done.stderr or "EXITED" in done.stderr
+    assert "boom: crash on import" in done.stderr
+    assert fleet.hosts[0].health()["release"] == good
+    assert_only_supervisorctl_under_sudo(fleet)
+
+
 def test_socket_refused_falls_back_to_sudo_rule(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
     """supervisorctl configured without sudo: the socket refuses (root-only), the sudo
     rule exists, so supervisorctl runs through `sudo -n`."""
