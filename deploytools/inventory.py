@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,13 @@ SETTINGS_SCHEMA: Schema = {
     "venv": VENV_SCHEMA,
     "balancer": BALANCER_SCHEMA,
 }
+# Privilege: `become: true` runs the whole agent through `sudo -n` (as become_user).
+BECOME_SCHEMA: Schema = {"become": _boolean, "become_user": _string}
+SETTINGS_SCHEMA = {**SETTINGS_SCHEMA, **BECOME_SCHEMA}
+_SUDO_DEPRECATED = ("warning: supervisor.sudo is deprecated: it runs the whole agent as root; "
+                    "write `become: true` at the top of the inventory instead (or give the "
+                    "deploy user the supervisor socket, or sudo for supervisorctl only)")
+_warned_sudo = False
 def _address(value: Any, path: str) -> str:
     """An address or DNS name alone: `10.0.0.1:2222` and `deploy@web1` would pass as
     strings and only fail at connect, so they are refused here with what to write."""
@@ -478,13 +486,15 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
         raise _Invalid("the inventory is empty: expected a mapping with 'groups'")
     top = _validate(
         data,
-        {"defaults": SETTINGS_SCHEMA, "ssh": SSH_SCHEMA, "groups": lambda v, p: v},
+        {"defaults": SETTINGS_SCHEMA, "ssh": SSH_SCHEMA, "groups": lambda v, p: v,
+         **BECOME_SCHEMA},
         "",
     )
     raw_groups = top.get("groups")
     if not isinstance(raw_groups, dict) or not raw_groups:
         raise _Invalid("expected a mapping of group names to {vars, hosts}", "groups")
     defaults = merge_settings(DEFAULT_SETTINGS, {"ssh": top.get("ssh", {})})
+    defaults = merge_settings(defaults, {k: top[k] for k in BECOME_SCHEMA if k in top})
     defaults = merge_settings(defaults, top.get("defaults", {}))
 
     hosts: dict[str, Host] = {}
@@ -560,7 +570,16 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
             groups=tuple(host_groups[host_name]),
             settings=settings,
         )
+    _warn_deprecated_sudo(hosts.values())
     return Inventory(file=file, hosts=hosts, groups=groups)
+
+
+def _warn_deprecated_sudo(hosts: Iterable[Host]) -> None:
+    """`supervisor.sudo` still works (it means become), said once per process."""
+    global _warned_sudo
+    if not _warned_sudo and any(h.settings["supervisor"].get("sudo") for h in hosts):
+        _warned_sudo = True
+        sys.stderr.write(_SUDO_DEPRECATED + "\n")
 
 
 def _resolve_paths(

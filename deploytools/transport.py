@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -43,8 +43,8 @@ from deploytools.errors import ConfigError, RemoteError, UnreachableError
 from deploytools.inventory import Host
 
 REMOTE_MODULES = (
-    "bytecode", "health", "releases", "intact", "processes", "locking", "supervisor", "hooks",
-    "build", "verify", "agent",
+    "bytecode", "health", "releases", "intact", "processes", "locking", "supervisor",
+    "supervisorctl", "hooks", "build", "verify", "agent",
 )
 
 AGENT_CACHE_MISS = 75  # the bootstrap's exit status when the host lacks this agent
@@ -70,6 +70,15 @@ def _packed_agent() -> bytes:
         modules.append((f"deploytools.remote.{name}",
                         (here / f"{name}.py").read_text(encoding="utf-8")))
     return zlib.compress(json.dumps(modules).encode(), 9)
+
+
+def become_prefix(settings: Mapping[str, Any]) -> str:
+    """`sudo -n [-u USER] ` when the inventory says `become: true` (or the deprecated
+    `supervisor.sudo: true`, which always meant this: the whole agent runs as root)."""
+    if not (settings.get("become") or settings["supervisor"].get("sudo")):
+        return ""
+    user = settings.get("become_user") or "root"
+    return "sudo -n " if user == "root" else f"sudo -n -u {shlex.quote(user)} "
 
 
 def agent_bundle() -> bytes:
@@ -432,9 +441,7 @@ class HostConnection:
         parts = ["timeout", "-k", "10", str(limit), settings["python"], "-S", "-c", BOOTSTRAP,
                  agent_digest(), "cached" if cached else "inline"]
         command = " ".join(shlex.quote(p) for p in parts)
-        if settings["supervisor"].get("sudo"):
-            command = "sudo -n " + command
-        return command
+        return become_prefix(settings) + command
 
     def call(
         self,

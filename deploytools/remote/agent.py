@@ -30,7 +30,7 @@ from deploytools.remote.bytecode import pyc_path
 from deploytools.remote.health import expand_placeholders
 from deploytools.remote.intact import intact_files, record_intact
 from deploytools.remote.releases import MANIFEST, META_DIR, Layout, files_digest, in_shared
-from deploytools.remote.supervisor import Supervisor, SupervisorError
+from deploytools.remote.supervisor import SupervisorError, connect
 
 
 class AgentError(Exception):
@@ -120,7 +120,7 @@ def op_preflight(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
                         % path)
     if req.get("supervisor"):
         try:
-            sup = Supervisor(req["supervisor"], timeout=10)
+            sup = connect(req["supervisor"], timeout=10)
             sup.ping()
             result["programs"] = sup.expand(list(req.get("programs") or []))
         except (SupervisorError, OSError) as exc:
@@ -553,7 +553,7 @@ def restart(layout: Layout, req: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Stop every program, then start every program, each confirmed by its state and by
     the freshness rule (processes.judge): exec'd in the new release, started after it."""
     sup_settings = req["supervisor"]
-    sup = Supervisor(sup_settings, timeout=float(sup_settings.get("stop_timeout") or 60) + 5)
+    sup = connect(sup_settings, timeout=float(sup_settings.get("stop_timeout") or 60) + 5)
     names = sup.expand(list(req["programs"]))
     rows = [{"name": name, "old_pid": sup.info(name).get("pid") or None} for name in names]
     sup.stop_all(names, float(sup_settings.get("stop_timeout") or 60))

@@ -234,3 +234,28 @@ class Supervisor:
             return ""
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return lines[-1][:300] if lines else ""
+
+
+def connect(settings: Dict[str, Any], timeout: float = 30.0) -> Any:
+    """The supervisord client every caller uses: XML-RPC over the socket where the deploy
+    user may use it; `supervisorctl` (remote/supervisorctl.py) when the inventory's
+    `supervisor.supervisorctl` starts with sudo, or when the socket refuses us
+    (PermissionError: root-only, as on Debian) and a sudo rule allows supervisorctl."""
+    from deploytools.remote import supervisorctl  # here: it imports this module
+
+    if supervisorctl.uses_sudo(settings):
+        return supervisorctl.SupervisorCtl(supervisorctl.command_argv(settings), timeout)
+    client = Supervisor(settings, timeout)
+    try:
+        client.ping()
+    except SupervisorError as exc:
+        if not isinstance(exc.__cause__, PermissionError):
+            return client  # not reachable at all: the callers report that as before
+        argv = ["sudo", "-n"] + supervisorctl.command_argv(settings)
+        if not supervisorctl.sudo_allowed(argv[2:]):
+            raise SupervisorError(
+                "%s; no sudo rule lets this user run %s either (allow it in sudoers, set "
+                "supervisor.supervisorctl: \"sudo -n supervisorctl -c CONF\", or become: true)"
+                % (exc, " ".join(shlex.quote(a) for a in argv[2:]))) from None
+        return supervisorctl.SupervisorCtl(argv, timeout)
+    return client

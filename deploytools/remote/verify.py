@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from deploytools.remote import bytecode, health, processes
 from deploytools.remote.intact import sha256
 from deploytools.remote.releases import META_DIR, Layout, in_shared
-from deploytools.remote.supervisor import Supervisor
+from deploytools.remote.supervisor import connect
 
 FIX_RESTART = "restart from the current release: `inv clear-cache --restart` or `inv deploy`"
 FIX_REDEPLOY = "redeploy: `inv deploy` (a release must never be edited in place)"
@@ -191,7 +191,7 @@ def check_processes(layout: Layout, release_id: str,
     """Each supervised process by the freshness rule (processes.judge), then every other
     process that still runs another release's code."""
     try:
-        sup = Supervisor(req["supervisor"], timeout=10)
+        sup = connect(req["supervisor"], timeout=10)
         names = sup.expand(list(req["programs"]))
         parent = sup.pid()
     except Exception as exc:
