@@ -35,6 +35,10 @@ VARIANTS = [
     Variant("guoff", app="gunicorn", stopasgroup=False, stubborn_workers=True),
 ]
 
+# guoff's workers outlive every stop on purpose (they are a planted stale situation), so
+# it takes no part in the healthy cycles: its survivors would serve old code in them.
+HEALTHY_HOSTS = ",".join(v.name for v in VARIANTS if not v.stubborn_workers)
+
 
 class Bench:
     """The fleet, its app repository and the `inv` runner."""
@@ -57,9 +61,9 @@ class Bench:
         self.git("-c", "user.email=b@example.com", "-c", "user.name=bench", "commit", "-q",
                  "--allow-empty", "-m", version)
 
-    def failing_hosts(self, *args: str) -> list[str]:
+    def failing_hosts(self, *args: str, hosts: str = "prod") -> list[str]:
         """Hosts a task did not pass on (from its `--json -` report); all if no report."""
-        done = self._run(*args, "--json", "-")
+        done = self._run(*args, "--json", "-", hosts=hosts)
         try:
             hosts = json.loads(done.stdout)["hosts"]
         except (ValueError, KeyError):
@@ -188,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=50)
     parser.add_argument("--time-limit", type=float, default=900.0)
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the fleet and planted processes are stopped by PID.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(130))
     deadline = time.monotonic() + args.time_limit
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dt-proof-") as tmp, \
@@ -199,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline:
                 break
             bench.commit(f"cycle-{cycle}")
-            bad = set(bench.failing_hosts("deploy")) | set(bench.failing_hosts("verify"))
+            bad = (set(bench.failing_hosts("deploy", hosts=HEALTHY_HOSTS))
+                   | set(bench.failing_hosts("verify", hosts=HEALTHY_HOSTS)))
             alarms += bool(bad)
             for name in bad:
                 by_host[name] = by_host.get(name, 0) + 1
