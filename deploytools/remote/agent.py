@@ -481,7 +481,8 @@ def op_activate(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
         return result
     result["error"] = attempt["error"]
     if req.get("mark_failed"):
-        layout.mark_failed(target, attempt["error"])
+        with contextlib.suppress(OSError):  # a full disk must not stop the switch back
+            layout.mark_failed(target, attempt["error"])
     if not attempt.get("failure_hooks_ran"):
         with contextlib.suppress(AgentError):
             run_hooks_or_fail(layout, "after_failure", target, req)
@@ -753,12 +754,15 @@ def ask(question: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
 
 
 def time_limit_hit(signum: int, frame: Any) -> None:
-    """A request ran past its limit (ssh.command_timeout): report it, then end this
-    session's processes (hooks included), as `timeout` would for a single command."""
-    emit("error", {"message": "remote step hit its time limit (ssh.command_timeout)",
-                   "kind": "timeout", "ends_session": True})
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.killpg(os.getpgrp(), signal.SIGTERM)
+    """A request ran past its limit (ssh.command_timeout): end the step's processes
+    (hooks), then fail the step itself right where it is. An activation that had
+    switched then still switches back, restarts and re-checks the previous release,
+    instead of leaving `current` on a release nothing was restarted from (the limit
+    counts wall time, so a host frozen mid-step meets it the moment it resumes)."""
+    for child in processes.descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGTERM)
+    raise AgentError("remote step hit its time limit (ssh.command_timeout)", "timeout")
 
 
 LOCKED_OPS = ("prepare", "activate", "hooks", "clear_cache")
@@ -778,6 +782,7 @@ def serve(req: Dict[str, Any], stream: BinaryIO) -> bool:
         emit("result", op(req, stream))
         return True
     except AgentError as exc:
+        ends = ends or exc.kind == "timeout"  # the controller starts a fresh session
         emit("error", {"message": str(exc), "kind": exc.kind, "ends_session": ends})
     except Exception as exc:
         import traceback

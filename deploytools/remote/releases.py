@@ -12,6 +12,7 @@ Runs on the host (stdlib only, Python 3.8+). Layout, Capistrano-compatible:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -74,7 +75,9 @@ class Layout:
             os.unlink(tmp)
         os.symlink(os.path.join("releases", release_id), tmp)
         os.replace(tmp, self.current)
-        self.write_state(release_id, switched_at=time.time())
+        # informational: the switch itself is done, and a full disk must not undo it
+        with contextlib.suppress(OSError):
+            self.write_state(release_id, switched_at=time.time())
 
     # ------------------------------------------------------------------ release facts
 
@@ -146,9 +149,10 @@ class Layout:
     def record_served(self, release_id: str, action: str) -> None:
         """A release passed its health check and serves: the order of these records (not
         the order of names) decides rollback targets and what cleanup keeps."""
-        self.write_state(release_id, served_at=time.time())
-        self._append(self.served_log, {"release": release_id, "at": time.time(),
-                                       "action": action})
+        with contextlib.suppress(OSError):  # best effort: a host with a full disk serves
+            self.write_state(release_id, served_at=time.time())
+            self._append(self.served_log, {"release": release_id, "at": time.time(),
+                                           "action": action})
 
     def served_stack(self) -> List[str]:
         """Releases in the order they served, as a stack: a deploy pushes its release, a
