@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             cycles += 1
         planted = caught = 0
         missed = []
+        bench.inv("deploy", hosts="guoff")  # a first release: no old workers can exist yet
         for label, host, plant in catalogue(bench):
             if time.monotonic() > deadline:
                 break
