@@ -100,6 +100,25 @@ def resolve_server(settings: Dict[str, Any]) -> Tuple[str, Optional[str], Option
                           " in the inventory")
 
 
+def expand_names(infos: List[Dict[str, Any]], programs: List[str]) -> List[str]:
+    """Configured names -> full process names (`group:name`), for either client.
+
+    `web` matches a program or group named web; `web:*` a whole group; `web:web_0` one
+    process. Unknown names are an error naming what exists."""
+    full = ["%s:%s" % (i["group"], i["name"]) for i in infos]
+    out: List[str] = []
+    for entry in programs:
+        group, _, name = entry.partition(":")
+        matches = [f for f, i in zip(full, infos)
+                   if i["group"] == group and (name in ("", "*") or i["name"] == name)]
+        if not matches:
+            known = ", ".join(sorted(set(i["group"] for i in infos))) or "none"
+            raise SupervisorError("supervisor program %r is not defined (defined: %s)"
+                                  % (entry, known))
+        out.extend(m for m in matches if m not in out)
+    return out
+
+
 class Supervisor:
     """A thin client for the calls a deploy needs."""
 
@@ -142,19 +161,7 @@ class Supervisor:
         `web` matches a program or group named web; `web:*` a whole group;
         `web:web_0` one process. Unknown names are an error naming what exists.
         """
-        infos = self.all_info()
-        full = ["%s:%s" % (i["group"], i["name"]) for i in infos]
-        out: List[str] = []
-        for entry in programs:
-            group, _, name = entry.partition(":")
-            matches = [f for f, i in zip(full, infos)
-                       if i["group"] == group and (name in ("", "*") or i["name"] == name)]
-            if not matches:
-                known = ", ".join(sorted(set(i["group"] for i in infos))) or "none"
-                raise SupervisorError("supervisor program %r is not defined (defined: %s)"
-                                      % (entry, known))
-            out.extend(m for m in matches if m not in out)
-        return out
+        return expand_names(self.all_info(), programs)
 
     def info(self, name: str) -> Dict[str, Any]:
         return self.call("getProcessInfo", name)

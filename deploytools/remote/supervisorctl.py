@@ -23,6 +23,7 @@ from deploytools.remote.supervisor import (
     START_FAILED_STATES,
     STOPPED_STATES,
     SupervisorError,
+    expand_names,
 )
 
 KNOWN_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL",
@@ -111,19 +112,7 @@ class SupervisorCtl:
 
     def expand(self, programs: List[str]) -> List[str]:
         """The same matching as Supervisor.expand (`web`, `web:*`, `web:web_0`)."""
-        infos = self.all_info()
-        full = ["%s:%s" % (i["group"], i["name"]) for i in infos]
-        out: List[str] = []
-        for entry in programs:
-            group, _, name = entry.partition(":")
-            matches = [f for f, i in zip(full, infos)
-                       if i["group"] == group and (name in ("", "*") or i["name"] == name)]
-            if not matches:
-                known = ", ".join(sorted(set(i["group"] for i in infos))) or "none"
-                raise SupervisorError("supervisor program %r is not defined (defined: %s)"
-                                      % (entry, known))
-            out.extend(m for m in matches if m not in out)
-        return out
+        return expand_names(self.all_info(), programs)
 
     def _by_name(self) -> Dict[str, Dict[str, Any]]:
         return {"%s:%s" % (i["group"], i["name"]): i for i in self.all_info()}
