@@ -119,8 +119,79 @@ def expand_names(infos: List[Dict[str, Any]], programs: List[str]) -> List[str]:
     return out
 
 
-class Supervisor:
+class StateWaits:
+    """Waiting for states and explaining failures, the same for both clients (XML-RPC
+    here, supervisorctl in remote/supervisorctl.py): they differ only in how they read
+    process infos and the stderr tail."""
+
+    poll = 0.05
+    errors: Tuple[type, ...] = (SupervisorError,)  # what a failed lookup raises
+
+    def by_name(self) -> Dict[str, Dict[str, Any]]:
+        return {"%s:%s" % (i["group"], i["name"]): i for i in self.all_info()}
+
+    def all_info(self) -> List[Dict[str, Any]]:
+        raise NotImplementedError
+
+    def info(self, name: str) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def stderr_tail(self, name: str) -> str:
+        raise NotImplementedError
+
+    def wait_states(self, names: List[str], states: Tuple[str, ...], timeout: float,
+                    failed: Tuple[str, ...] = ()) -> Dict[str, Dict[str, Any]]:
+        """Poll (one call for all) until every process is in one of `states`; one in a
+        `failed` state is an error. We poll rather than use supervisord's `wait=True`:
+        supervisord notices that startsecs have passed only when its main loop wakes, up
+        to a second late, and each poll wakes it."""
+        deadline = time.time() + timeout
+        while True:
+            infos = self.by_name()
+            missing = [n for n in names if n not in infos]
+            if missing:
+                raise SupervisorError("supervisor program %r is not defined" % missing[0])
+            pending = [n for n in names if infos[n]["statename"] not in states]
+            if not pending:
+                return {n: infos[n] for n in names}
+            for name in pending:
+                if infos[name]["statename"] in failed:
+                    raise SupervisorError(self.failure_reason(name))
+            if time.time() >= deadline:
+                info = infos[pending[0]]
+                raise SupervisorError("%s is %s after %.0fs (wanted %s)%s" % (
+                    pending[0], info["statename"], timeout, "/".join(states), self._why(info)))
+            time.sleep(self.poll)
+
+    def failure_reason(self, name: str, fault: str = "") -> str:
+        """supervisor's own words on why a program is not running, plus its last stderr line."""
+        try:
+            info = self.info(name)
+            deadline = time.time() + 3
+            while info["statename"] == "STARTING" and time.time() < deadline:
+                time.sleep(self.poll)  # let supervisord settle on BACKOFF/FATAL/EXITED
+                info = self.info(name)
+        except self.errors:
+            return "%s failed to start: %s" % (name, fault)
+        return "%s failed to start (%s%s)%s" % (
+            name, info["statename"], ", " + fault if fault else "", self._why(info))
+
+    def _why(self, info: Dict[str, Any]) -> str:
+        parts = []
+        if info.get("spawnerr"):
+            parts.append(info["spawnerr"])
+        elif info.get("description") and info["statename"] != RUNNING:
+            parts.append(info["description"])
+        tail = self.stderr_tail("%s:%s" % (info["group"], info["name"]))
+        if tail:
+            parts.append("last stderr line: " + tail)
+        return (": " + "; ".join(parts)) if parts else ""
+
+
+class Supervisor(StateWaits):
     """A thin client for the calls a deploy needs."""
+
+    errors = (xmlrpc.client.Fault, SupervisorError)
 
     def __init__(self, settings: Dict[str, Any], timeout: float = 30.0) -> None:
         url, user, password = resolve_server(settings)
@@ -188,51 +259,6 @@ class Supervisor:
                 if "ALREADY_STARTED" not in fault.faultString:
                     raise SupervisorError(self.failure_reason(name, fault.faultString)) from None
         return self.wait_states(names, (RUNNING,), timeout, failed=START_FAILED_STATES)
-
-    def wait_states(self, names: List[str], states: Tuple[str, ...], timeout: float,
-                    failed: Tuple[str, ...] = ()) -> Dict[str, Dict[str, Any]]:
-        """Poll (one call for all) until every process is in one of `states`; one in a
-        `failed` state is an error. We poll rather than use supervisord's `wait=True`:
-        supervisord notices that startsecs have passed only when its main loop wakes, up
-        to a second late, and each poll wakes it."""
-        deadline = time.time() + timeout
-        while True:
-            infos = {"%s:%s" % (i["group"], i["name"]): i for i in self.all_info()}
-            pending = [n for n in names if infos[n]["statename"] not in states]
-            if not pending:
-                return {n: infos[n] for n in names}
-            for name in pending:
-                if infos[name]["statename"] in failed:
-                    raise SupervisorError(self.failure_reason(name))
-            if time.time() >= deadline:
-                info = infos[pending[0]]
-                raise SupervisorError("%s is %s after %.0fs (wanted %s)%s" % (
-                    pending[0], info["statename"], timeout, "/".join(states), self._why(info)))
-            time.sleep(0.05)
-
-    def failure_reason(self, name: str, fault: str = "") -> str:
-        """supervisor's own words on why a program is not running, plus its last stderr line."""
-        try:
-            info = self.info(name)
-            deadline = time.time() + 3
-            while info["statename"] == "STARTING" and time.time() < deadline:
-                time.sleep(0.05)  # let supervisord settle on BACKOFF/FATAL/EXITED
-                info = self.info(name)
-        except (xmlrpc.client.Fault, SupervisorError):
-            return "%s failed to start: %s" % (name, fault)
-        return "%s failed to start (%s%s)%s" % (
-            name, info["statename"], ", " + fault if fault else "", self._why(info))
-
-    def _why(self, info: Dict[str, Any]) -> str:
-        parts = []
-        if info.get("spawnerr"):
-            parts.append(info["spawnerr"])
-        elif info.get("description") and info["statename"] != RUNNING:
-            parts.append(info["description"])
-        tail = self.stderr_tail("%s:%s" % (info["group"], info["name"]))
-        if tail:
-            parts.append("last stderr line: " + tail)
-        return (": " + "; ".join(parts)) if parts else ""
 
     def stderr_tail(self, name: str) -> str:
         try:

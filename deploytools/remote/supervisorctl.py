@@ -22,6 +22,7 @@ from deploytools.remote.supervisor import (
     RUNNING,
     START_FAILED_STATES,
     STOPPED_STATES,
+    StateWaits,
     SupervisorError,
     expand_names,
 )
@@ -66,9 +67,11 @@ def pid_alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
-class SupervisorCtl:
+class SupervisorCtl(StateWaits):
     """supervisord through a `supervisorctl` command line (e.g. `sudo -n supervisorctl
     -c /etc/supervisor/supervisord.conf`)."""
+
+    poll = POLL
 
     def __init__(self, argv: List[str], timeout: float = 30.0) -> None:
         self.argv = list(argv)
@@ -114,11 +117,8 @@ class SupervisorCtl:
         """The same matching as Supervisor.expand (`web`, `web:*`, `web:web_0`)."""
         return expand_names(self.all_info(), programs)
 
-    def _by_name(self) -> Dict[str, Dict[str, Any]]:
-        return {"%s:%s" % (i["group"], i["name"]): i for i in self.all_info()}
-
     def info(self, name: str) -> Dict[str, Any]:
-        infos = self._by_name()
+        infos = self.by_name()
         if name not in infos:
             raise SupervisorError("supervisor program %r is not defined" % name)
         return infos[name]
@@ -126,7 +126,7 @@ class SupervisorCtl:
     def stop_all(self, names: List[str], timeout: float) -> None:
         """Stop all at once, then confirm from `status` and from /proc that the old
         pids are gone (`stop` ending in SIGKILL exits 0, so its code proves nothing)."""
-        before = self._by_name()
+        before = self.by_name()
         old = [before[n]["pid"] for n in names if n in before and before[n]["pid"]]
         self.run("stop", *names, timeout=timeout + 15)
         self.wait_states(names, STOPPED_STATES, timeout)
@@ -146,50 +146,6 @@ class SupervisorCtl:
                 raise SupervisorError("%s is RUNNING for supervisord but pid %s is not alive"
                                       % (name, info["pid"]))
         return infos
-
-    def wait_states(self, names: List[str], states: Tuple[str, ...], timeout: float,
-                    failed: Tuple[str, ...] = ()) -> Dict[str, Dict[str, Any]]:
-        """Poll `status` until every process is in one of `states`; one in a `failed`
-        state is an error."""
-        deadline = time.time() + timeout
-        while True:
-            infos = self._by_name()
-            missing = [n for n in names if n not in infos]
-            if missing:
-                raise SupervisorError("supervisor program %r is not defined" % missing[0])
-            pending = [n for n in names if infos[n]["statename"] not in states]
-            if not pending:
-                return {n: infos[n] for n in names}
-            for name in pending:
-                if infos[name]["statename"] in failed:
-                    raise SupervisorError(self.failure_reason(name))
-            if time.time() >= deadline:
-                info = infos[pending[0]]
-                raise SupervisorError("%s is %s after %.0fs (wanted %s)%s" % (
-                    pending[0], info["statename"], timeout, "/".join(states), self._why(info)))
-            time.sleep(POLL)
-
-    def failure_reason(self, name: str, fault: str = "") -> str:
-        """supervisor's own words on why a program is not running, plus its last stderr line."""
-        try:
-            info = self.info(name)
-            deadline = time.time() + 3
-            while info["statename"] == "STARTING" and time.time() < deadline:
-                time.sleep(POLL)
-                info = self.info(name)
-        except SupervisorError:
-            return "%s failed to start: %s" % (name, fault)
-        return "%s failed to start (%s%s)%s" % (
-            name, info["statename"], ", " + fault if fault else "", self._why(info))
-
-    def _why(self, info: Dict[str, Any]) -> str:
-        parts = []
-        if info.get("description") and info["statename"] != RUNNING:
-            parts.append(info["description"])
-        tail = self.stderr_tail("%s:%s" % (info["group"], info["name"]))
-        if tail:
-            parts.append("last stderr line: " + tail)
-        return (": " + "; ".join(parts)) if parts else ""
 
     def stderr_tail(self, name: str) -> str:
         try:
