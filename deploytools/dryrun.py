@@ -1,4 +1,5 @@
-"""`--dry-run`: the same flow, with a transport that describes changes instead of making them.
+"""`--dry-run`: the same flow, over a connection backend that describes changes instead
+of making them (SSHKit's printer backend; no task knows it exists).
 
 Read-only operations (preflight in read-only mode, releases, verify) still run for
 real, so the plan shows each host's actual current release and lock; every
@@ -8,9 +9,11 @@ result it would have had if all went well.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from deploytools.remote.health import expand_placeholders
+from deploytools.transport import AgentCall, Answer, HostConnection
 
 MUTATING_OPS = frozenset({"prepare", "activate", "finish", "hooks", "clear_cache", "unlock"})
 
@@ -94,3 +97,23 @@ def pretend(request: dict[str, Any]) -> dict[str, Any]:
     if op == "unlock":
         return {"owner": None, "removed": False, "reason": "dry run"}
     return {}
+
+
+class DryRunConnection:
+    """A real connection whose mutating requests are printed and answered as if they
+    had succeeded; everything else (connecting, read-only requests) is real."""
+
+    def __init__(self, inner: HostConnection) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:  # endpoint, fabric, counters, open, close
+        return getattr(self.inner, name)
+
+    def call(self, request: dict[str, Any], on_event: Callable[[str], None] | None = None,
+             timeout: float | None = None, answer: Answer | None = None) -> AgentCall:
+        if request["op"] not in MUTATING_OPS:
+            return self.inner.call(request, on_event, timeout, answer)
+        for line in describe(request):
+            if on_event:
+                on_event("would " + line)
+        return AgentCall(result=pretend(request), error=None)

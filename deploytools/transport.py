@@ -353,9 +353,8 @@ class AgentCall:
 class HostConnection:
     """The single SSH connection to one host for a whole run."""
 
-    def __init__(self, host: Host, dry_run: bool = False) -> None:
+    def __init__(self, host: Host) -> None:
         self.host = host
-        self.dry_run = dry_run  # describe mutating operations instead of running them
         self.commands = 0  # remote commands run (the JSON report and benchmarks read it)
         self.requests = 0  # agent requests (round trips) over those commands
         self.bytes_sent = 0
@@ -457,11 +456,6 @@ class HostConnection:
         may ask one question mid-call (prepare asks what to send given the base release
         it has); the answer's frame and its upload follow on the same channel.
         """
-        if self.dry_run and request["op"] in dryrun.MUTATING_OPS:
-            for line in dryrun.describe(request):
-                if on_event:
-                    on_event("would " + line)
-            return AgentCall(result=dryrun.pretend(request), error=None)
         ssh = self.host.settings["ssh"]
         request = dict(request, time_limit=float(ssh["command_timeout"]),
                        streams=answer is not None)
