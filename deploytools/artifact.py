@@ -29,10 +29,10 @@ from typing import IO, Any
 
 from deploytools import __version__, gitsource
 from deploytools.errors import ConfigError
+from deploytools.masking import strip_credentials
 from deploytools.remote import bytecode
 from deploytools.remote.bytecode import pyc_path
 from deploytools.remote.releases import files_digest
-from deploytools.report import strip_credentials
 
 _Member = tuple[tarfile.TarInfo, bytes | None]
 

@@ -18,9 +18,9 @@ from deploytools import dryrun
 from deploytools.artifact import build_artifact, excluded, files_digest, make_release_id, pyc_path
 from deploytools.errors import ConfigError
 from deploytools.inventory import parse_inventory
+from deploytools.masking import mask_secrets
 from deploytools.remote import health, intact
 from deploytools.remote.releases import Layout
-from deploytools.report import mask_secrets
 from deploytools.rollout import RolloutPolicy, batches, parse_count, parse_serial
 from deploytools.transport import BOOTSTRAP, HostConnection
 
