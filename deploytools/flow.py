@@ -38,7 +38,7 @@ from typing import Any
 
 from deploytools import balancer as lb
 from deploytools import local_hooks
-from deploytools.artifact import Artifact, build_artifact, resolve_revision
+from deploytools.artifact import Artifact, build_artifact
 from deploytools.console import Console
 from deploytools.errors import ConfigError, ExitCode, LockHeldError, RemoteError
 from deploytools.hoststate import (
@@ -65,6 +65,7 @@ from deploytools.rollout import (
     in_parallel,
     parse_serial,
 )
+from deploytools.sources import resolve_revision
 from deploytools.transport import AgentCall, Answer, HostConnection, Upload
 
 

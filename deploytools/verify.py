@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-from deploytools.artifact import resolve_revision
 from deploytools.console import Console
 from deploytools.errors import ExitCode, RemoteError
 from deploytools.flow import (
@@ -26,6 +25,7 @@ from deploytools.flow import (
 from deploytools.hoststate import FAILED, HEALTHY, UNREACHABLE, HostRun
 from deploytools.inventory import Host
 from deploytools.rollout import in_parallel
+from deploytools.sources import resolve_revision
 
 
 def verify_host(run: HostRun, console: Console, expect: str | None) -> None:
