@@ -4,7 +4,7 @@ Most people reach their hosts through ``~/.ssh/config`` aliases, keys held by ss
 and bastions, so a deploy must connect the way ``ssh HOST`` does. Fabric reads ssh_config
 on its own, but half-way (its ``Port`` lost to our injected default, its ``ProxyJump``
 hops opened with AutoAddPolicy, so never verified). Everything is resolved here instead,
-and transport.py opens every hop and target through one verifying factory.
+and ssh.py opens every hop and target through one verifying factory.
 
 Precedence, per value: the inventory's explicit setting > ssh_config > OpenSSH's default
 (port 22, the local user name, ssh-agent plus ``~/.ssh/id_*``).

@@ -34,9 +34,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from deploytools.console import Console
 from deploytools.errors import ConfigError, DeployToolsError
+from deploytools.hoststate import HostRun
 from deploytools.inventory import Host
-from deploytools.report import Console, HostRun
 
 DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_READY_TIMEOUT = 30.0
@@ -472,7 +473,7 @@ def activate_in_rotation(balancer: Balancer | None, run: HostRun,
     balancer.drain(run)
     if interrupted():
         balancer.ready(run)
-        from deploytools.report import SKIPPED
+        from deploytools.hoststate import SKIPPED
 
         run.fail(SKIPPED, "not switched: interrupted")
         return

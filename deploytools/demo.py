@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 
 from deploytools import flow, operations
+from deploytools.console import Console
 from deploytools.errors import ConfigError, ExitCode
 from deploytools.inventory import load_inventory
-from deploytools.report import Console
 from deploytools.sandbox import sshd_path, start_fleet, write_sample_app
 from deploytools.verify import status_fleet, verify_fleet
 

@@ -38,24 +38,24 @@ from typing import Any
 
 from deploytools import balancer as lb
 from deploytools import local_hooks
-from deploytools.artifact import Artifact, build_artifact, resolve_revision
+from deploytools.artifact import Artifact, build_artifact
+from deploytools.console import Console
 from deploytools.errors import ConfigError, ExitCode, LockHeldError, RemoteError
-from deploytools.inventory import Host
-from deploytools.report import (
+from deploytools.hoststate import (
     CONNECTED,
     FAILED,
     HEALTHY,
+    LOCK_HELD,
     LOCKED,
-    LOCKED_OUT,
     PREPARED,
     ROLLBACK_FAILED,
     ROLLED_BACK,
     SKIPPED,
     UNCHANGED,
     UNREACHABLE,
-    Console,
     HostRun,
 )
+from deploytools.inventory import Host
 from deploytools.rollout import (
     ROLLBACK_ALL,
     Interrupts,
@@ -65,6 +65,7 @@ from deploytools.rollout import (
     in_parallel,
     parse_serial,
 )
+from deploytools.sources import resolve_revision
 from deploytools.transport import AgentCall, Answer, HostConnection, Upload
 
 
@@ -211,7 +212,7 @@ def lock_fleet(runs: list[HostRun], console: Console,
     in_parallel([r for r in runs if r.conn is None and r.active], connect, console)
     reachable = active(runs)
     in_parallel(reachable[:1], check, console)
-    if reachable and reachable[0].state == LOCKED_OUT:
+    if reachable and reachable[0].state == LOCK_HELD:
         for run in reachable[1:]:
             run.fail(SKIPPED, f"not contacted: {reachable[0].name} is locked")
         return
@@ -619,7 +620,7 @@ def exit_code_for(runs: list[HostRun]) -> ExitCode:
         return ExitCode.OK
     if UNREACHABLE in states:
         return ExitCode.UNREACHABLE
-    if LOCKED_OUT in states:
+    if LOCK_HELD in states:
         return ExitCode.LOCKED
     if HEALTHY in states:
         return ExitCode.PARTIAL

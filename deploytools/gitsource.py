@@ -21,9 +21,9 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploytools.archives import Member
 from deploytools.errors import ConfigError
 
-Member = tuple[tarfile.TarInfo, bytes | None]
 PATHS_PER_CALL = 200  # pathspecs per `git archive` command line
 
 
@@ -100,16 +100,6 @@ def _parse(data: bytes) -> list[Member]:
             body = tar.extractfile(info).read() if info.isfile() else None  # type: ignore[union-attr]
             members.append((info, body))
     return members
-
-
-def digest_of(member: Member) -> str | None:
-    """The manifest's entry: sha256 of a file, `symlink:<target>` for a link."""
-    info, body = member
-    if info.isfile() and body is not None:
-        return hashlib.sha256(body).hexdigest()
-    if info.issym():
-        return "symlink:" + info.linkname
-    return None
 
 
 class DigestMemory:

@@ -482,6 +482,35 @@ def parse_inventory(
 
 
 def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
+    raw_groups, defaults = _top_level(data)
+    listing = _Listing()
+    for group_name, group in raw_groups.items():
+        listing.add_group(group_name, group)
+    hosts: dict[str, Host] = {}
+    for host_name, (entry, group_vars) in listing.entries.items():
+        groups = tuple(listing.host_groups[host_name])
+        hpath = f"groups.{groups[0]}.hosts.{host_name}"
+        if not entry:
+            raise _Invalid("host is listed but never defined with at least 'host'", hpath)
+        layers = [group_vars, *listing.listed_vars.get(host_name, ()),
+                  {k: v for k, v in entry.items() if k not in ("host", "port", "user")}]
+        settings = _host_settings(defaults, layers, base_dir, hpath)
+        _check_host(entry, settings, hpath)
+        hosts[host_name] = Host(
+            name=host_name,
+            address=entry["host"],
+            port=entry.get("port", settings["ssh"].get("port")),
+            user=entry.get("user", settings["ssh"].get("user")),
+            groups=groups,
+            settings=settings,
+        )
+    _warn_deprecated_sudo(hosts.values())
+    return Inventory(file=file, hosts=hosts, groups=listing.groups)
+
+
+def _top_level(data: Any) -> tuple[dict[Any, Any], dict[str, Any]]:
+    """The file's groups, and the defaults every host starts from (built-in defaults,
+    then top-level `ssh` and become settings, then `defaults`)."""
     if data is None:
         raise _Invalid("the inventory is empty: expected a mapping with 'groups'")
     top = _validate(
@@ -496,13 +525,21 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
     defaults = merge_settings(DEFAULT_SETTINGS, {"ssh": top.get("ssh", {})})
     defaults = merge_settings(defaults, {k: top[k] for k in BECOME_SCHEMA if k in top})
     defaults = merge_settings(defaults, top.get("defaults", {}))
+    return raw_groups, defaults
 
-    hosts: dict[str, Host] = {}
-    host_groups: dict[str, list[str]] = {}
-    raw_hosts: dict[str, tuple[dict, dict]] = {}
-    listed_vars: dict[str, list[dict]] = {}  # vars of groups that list a host by name
-    groups: dict[str, tuple[str, ...]] = {}
-    for group_name, group in raw_groups.items():
+
+@dataclass
+class _Listing:
+    """What the groups say about hosts, in file order, before any settings are merged:
+    a host is defined (with its settings) in one group and may be listed by name in
+    others."""
+
+    entries: dict[str, tuple[dict, dict]] = field(default_factory=dict)  # (entry, its vars)
+    host_groups: dict[str, list[str]] = field(default_factory=dict)
+    listed_vars: dict[str, list[dict]] = field(default_factory=dict)  # of groups listing it
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def add_group(self, group_name: Any, group: Any) -> None:
         gpath = f"groups.{group_name}"
         if not isinstance(group_name, str) or not _NAME_RE.match(group_name) or group_name == "all":
             raise _Invalid("expected a group name of letters, digits, '_', '.', '-' (not 'all')",
@@ -513,65 +550,59 @@ def _parse(data: Any, file: str, base_dir: Path) -> Inventory:
             members = {m: None for m in members}
         if not isinstance(members, dict):
             raise _Invalid("expected a mapping of host names to host settings", f"{gpath}.hosts")
-        names = []
         for host_name, entry in members.items():
-            hpath = f"{gpath}.hosts.{host_name}"
-            if not isinstance(host_name, str) or not _NAME_RE.match(host_name):
-                raise _Invalid("expected a host name of letters, digits, '_', '.', '-'", hpath)
-            if entry is not None:
-                entry = _validate(entry, HOST_SCHEMA, hpath)
-                if host_name in raw_hosts and raw_hosts[host_name][0]:
-                    raise _Invalid("host is defined twice (list it by name in other groups)",
-                                   hpath)
-                raw_hosts[host_name] = (entry, group.get("vars", {}))
-            else:
-                raw_hosts.setdefault(host_name, ({}, {}))
-                if group.get("vars"):  # listing a host by name still applies the vars
-                    listed_vars.setdefault(host_name, []).append(group["vars"])
-            host_groups.setdefault(host_name, []).append(group_name)
-            names.append(host_name)
-        groups[group_name] = tuple(names)
+            self._add_host(group_name, group, host_name, entry, f"{gpath}.hosts.{host_name}")
+        self.groups[group_name] = tuple(members)
 
-    for host_name, (entry, group_vars) in raw_hosts.items():
-        hpath = f"groups.{host_groups[host_name][0]}.hosts.{host_name}"
-        if not entry:
-            raise _Invalid("host is listed but never defined with at least 'host'", hpath)
-        settings = merge_settings(defaults, group_vars)
-        for more_vars in listed_vars.get(host_name, ()):  # in file order, before the host's
-            settings = merge_settings(settings, more_vars)
-        settings = merge_settings(
-            settings, {k: v for k, v in entry.items() if k not in ("host", "port", "user")}
-        )
-        settings["ssh"] = _resolve_paths(settings["ssh"], ("identity", "known_hosts", "config"),
-                                         base_dir)
-        _check_ssh_config_file(settings["ssh"], f"{hpath}.ssh.config")
-        settings["source"] = _resolve_paths(settings["source"], ("path", "repo"), base_dir)
-        for required in ("deploy_to",):
-            if required not in settings:
-                raise _Invalid(f"missing required setting {required!r} "
-                               "(set it in defaults, group vars or the host)", hpath)
-        if "host" not in entry:
-            raise _Invalid("missing required key 'host' (address or DNS name)", hpath)
-        if not settings["supervisor"].get("programs"):
-            raise _Invalid("missing supervisor.programs (the programs to restart)",
-                           f"{hpath}.supervisor.programs")
-        if "venv" in settings and not settings["venv"].get("requirements"):
-            raise _Invalid("missing venv.requirements (the requirements file in the release)",
-                           f"{hpath}.venv")
-        source = settings["source"]
-        if bool(source.get("repo")) == bool(source.get("path")):
-            raise _Invalid("expected exactly one of source.repo (git) or source.path (directory)",
-                           f"{hpath}.source")
-        hosts[host_name] = Host(
-            name=host_name,
-            address=entry["host"],
-            port=entry.get("port", settings["ssh"].get("port")),
-            user=entry.get("user", settings["ssh"].get("user")),
-            groups=tuple(host_groups[host_name]),
-            settings=settings,
-        )
-    _warn_deprecated_sudo(hosts.values())
-    return Inventory(file=file, hosts=hosts, groups=groups)
+    def _add_host(self, group_name: str, group: dict, host_name: Any, entry: Any,
+                  hpath: str) -> None:
+        if not isinstance(host_name, str) or not _NAME_RE.match(host_name):
+            raise _Invalid("expected a host name of letters, digits, '_', '.', '-'", hpath)
+        if entry is not None:
+            entry = _validate(entry, HOST_SCHEMA, hpath)
+            if host_name in self.entries and self.entries[host_name][0]:
+                raise _Invalid("host is defined twice (list it by name in other groups)", hpath)
+            self.entries[host_name] = (entry, group.get("vars", {}))
+        else:
+            self.entries.setdefault(host_name, ({}, {}))
+            if group.get("vars"):  # listing a host by name still applies the vars
+                self.listed_vars.setdefault(host_name, []).append(group["vars"])
+        self.host_groups.setdefault(host_name, []).append(group_name)
+
+
+def _host_settings(defaults: dict[str, Any], layers: list[Mapping[str, Any]], base_dir: Path,
+                   hpath: str) -> dict[str, Any]:
+    """`defaults` merged with each layer in turn (the defining group's vars, those of
+    groups listing the host, the host's own settings), paths resolved against the
+    inventory's directory."""
+    settings = dict(defaults)  # its maps are replaced, never changed in place
+    for layer in layers:
+        settings = merge_settings(settings, layer)
+    settings["ssh"] = _resolve_paths(settings["ssh"], ("identity", "known_hosts", "config"),
+                                     base_dir)
+    _check_ssh_config_file(settings["ssh"], f"{hpath}.ssh.config")
+    settings["source"] = _resolve_paths(settings["source"], ("path", "repo"), base_dir)
+    return settings
+
+
+def _check_host(entry: dict, settings: dict[str, Any], hpath: str) -> None:
+    """What a host cannot be deployed without, checked once its settings are merged."""
+    for required in ("deploy_to",):
+        if required not in settings:
+            raise _Invalid(f"missing required setting {required!r} "
+                           "(set it in defaults, group vars or the host)", hpath)
+    if "host" not in entry:
+        raise _Invalid("missing required key 'host' (address or DNS name)", hpath)
+    if not settings["supervisor"].get("programs"):
+        raise _Invalid("missing supervisor.programs (the programs to restart)",
+                       f"{hpath}.supervisor.programs")
+    if "venv" in settings and not settings["venv"].get("requirements"):
+        raise _Invalid("missing venv.requirements (the requirements file in the release)",
+                       f"{hpath}.venv")
+    source = settings["source"]
+    if bool(source.get("repo")) == bool(source.get("path")):
+        raise _Invalid("expected exactly one of source.repo (git) or source.path (directory)",
+                       f"{hpath}.source")
 
 
 def _warn_deprecated_sudo(hosts: Iterable[Host]) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 
 from deploytools import __version__
 from deploytools.flow import RunResult
-from deploytools.report import HostRun, mask_secrets
+from deploytools.hoststate import HostRun
+from deploytools.masking import mask_secrets
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from deploytools.console import Console
 from deploytools.errors import ConfigError, ExitCode, RemoteError
 from deploytools.flow import (
     RunResult,
@@ -20,8 +21,8 @@ from deploytools.flow import (
     locked_run,
     new_run_id,
 )
+from deploytools.hoststate import HEALTHY, LOCK_HELD, HostRun
 from deploytools.inventory import Host, normalise_path
-from deploytools.report import HEALTHY, LOCKED_OUT, Console, HostRun
 from deploytools.rollout import in_parallel
 
 # =========================================================================== releases
@@ -114,7 +115,7 @@ def unlock(hosts: list[Host], console: Console, *, force: bool = False) -> RunRe
             console.host(run.name, f"removed lock of {describe_owner(owner)}, "
                                    f"{result['age_seconds']}s old")
         else:
-            run.fail(LOCKED_OUT, f"lock of {describe_owner(owner)} is {result['age_seconds']}s "
+            run.fail(LOCK_HELD, f"lock of {describe_owner(owner)} is {result['age_seconds']}s "
                                  "old and not stale; pass --force to remove it anyway")
 
     try:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
 
+from deploytools.console import Console
 from deploytools.errors import ConfigError, DeployToolsError, LockHeldError, UnreachableError
-from deploytools.report import FAILED, HEALTHY, LOCKED_OUT, SKIPPED, UNREACHABLE, Console, HostRun
+from deploytools.hoststate import FAILED, HEALTHY, LOCK_HELD, SKIPPED, UNREACHABLE, HostRun
 
 MAX_PARALLEL = 64
 T = TypeVar("T")
@@ -143,7 +144,7 @@ def in_parallel(runs: Sequence[HostRun], step: Callable[[HostRun], None], consol
         except UnreachableError as exc:
             run.fail(UNREACHABLE, str(exc))
         except LockHeldError as exc:
-            run.fail(LOCKED_OUT, str(exc))
+            run.fail(LOCK_HELD, str(exc))
         except DeployToolsError as exc:
             run.fail(failed_state, str(exc))
         except Exception as exc:  # a bug or an unexpected library error: keep the others going

@@ -33,9 +33,10 @@ from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
 from deploytools import flow, operations
+from deploytools.console import Console, make_console
 from deploytools.errors import DeployToolsError, ExitCode
 from deploytools.inventory import Host, load_inventory
-from deploytools.report import Console, make_console, mask_secrets
+from deploytools.masking import mask_secrets
 from deploytools.rollout import RolloutPolicy
 
 COMMON_HELP = {

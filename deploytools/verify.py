@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from deploytools.artifact import resolve_revision
+from deploytools.console import Console
 from deploytools.errors import ExitCode, RemoteError
 from deploytools.flow import (
     RunResult,
@@ -22,9 +22,10 @@ from deploytools.flow import (
     new_run_id,
     verify_request,
 )
+from deploytools.hoststate import FAILED, HEALTHY, UNREACHABLE, HostRun
 from deploytools.inventory import Host
-from deploytools.report import FAILED, HEALTHY, UNREACHABLE, Console, HostRun
 from deploytools.rollout import in_parallel
+from deploytools.sources import resolve_revision
 
 
 def verify_host(run: HostRun, console: Console, expect: str | None) -> None:

@@ -271,8 +271,8 @@ def test_per_host_hook_points_run_inside_each_batch(lb_cli: Cli, app_repo: AppRe
     import yaml
 
     from deploytools import flow, local_hooks
+    from deploytools.console import Console
     from deploytools.inventory import load_inventory
-    from deploytools.report import Console
     from deploytools.rollout import RolloutPolicy
 
     log = tmp_path / "hooks.log"

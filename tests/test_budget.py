@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from deploytools.hoststate import STEP_GRACE, HostRun
 from deploytools.inventory import load_inventory
-from deploytools.report import STEP_GRACE, HostRun
 
 
 def host(tmp_path: Path, host_timeout: int, command_timeout: int):

@@ -15,12 +15,13 @@ import pytest
 import yaml
 
 from deploytools.artifact import build_artifact
+from deploytools.console import make_console
 from deploytools.errors import ConfigError, InventoryError
 from deploytools.inventory import load_inventory, parse_inventory
 from deploytools.jsonreport import SCHEMA_PATH
+from deploytools.masking import mask_secrets, strip_credentials
 from deploytools.operations import clear_cache
 from deploytools.remote.hooks import run_hooks
-from deploytools.report import make_console, mask_secrets, strip_credentials
 
 
 def test_masking_catches_token_userinfo_password_only_and_webhook_paths() -> None:

@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 
 from deploytools import dryrun
-from deploytools.artifact import build_artifact, excluded, files_digest, make_release_id, pyc_path
+from deploytools.artifact import build_artifact, make_release_id
 from deploytools.errors import ConfigError
 from deploytools.inventory import parse_inventory
+from deploytools.masking import mask_secrets
 from deploytools.remote import health, intact
-from deploytools.remote.releases import Layout
-from deploytools.report import mask_secrets
+from deploytools.remote.bytecode import pyc_path
+from deploytools.remote.releases import Layout, files_digest
 from deploytools.rollout import RolloutPolicy, batches, parse_count, parse_serial
+from deploytools.sources import excluded
 from deploytools.transport import BOOTSTRAP, HostConnection
 
 

@@ -68,7 +68,7 @@ def load_cached(dir_fd, name):
 
 def store_cached(dir_fd, name, codes):
     """Write the code objects as `name`, atomically (a private temp file, renamed)."""
-    tmp = "%s.%d.tmp" % (name, os.getpid())
+    tmp = f"{name}.{os.getpid()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
                      dir_fd=dir_fd)
@@ -106,7 +106,7 @@ def install(codes):
 
 def main():
     digest, mode = sys.argv[1], sys.argv[2]
-    name = "agent-%s.%s" % (digest, sys.implementation.cache_tag)
+    name = f"agent-{digest}.{sys.implementation.cache_tag}"
     cache = os.path.join(os.path.expanduser("~"), ".cache", "deploytools")
     dir_fd = private_dir(cache, create=mode != "cached")
     if mode == "cached":
