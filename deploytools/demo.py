@@ -15,9 +15,9 @@ from pathlib import Path
 from deploytools import flow, operations
 from deploytools.console import Console
 from deploytools.errors import ConfigError, ExitCode
+from deploytools.fleetrun import RunResult
 from deploytools.inventory import load_inventory
 from deploytools.sandbox import sshd_path, start_fleet, write_sample_app
-from deploytools.verify import status_fleet, verify_fleet
 
 
 def _commit(repo: Path, version: str, **options: object) -> None:
@@ -27,7 +27,7 @@ def _commit(repo: Path, version: str, **options: object) -> None:
         subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
 
 
-def run_demo(console: Console, hosts: int = 3, keep: bool = False) -> flow.RunResult:
+def run_demo(console: Console, hosts: int = 3, keep: bool = False) -> RunResult:
     """Bring up the sandbox, deploy twice and once badly, show the result, tear down."""
     if sshd_path() is None:
         raise ConfigError("inv demo needs OpenSSH's sshd binary: run `bash .ci/install` "
@@ -49,9 +49,9 @@ def run_demo(console: Console, hosts: int = 3, keep: bool = False) -> flow.RunRe
         console.info("==> inv releases --hosts prod")
         operations.list_releases(selected, console)
         console.info("==> inv verify --hosts prod")
-        verified = verify_fleet(selected, console)
+        verified = operations.verify(selected, console)
         console.info("==> inv status --hosts prod")
-        status_fleet(selected, console)
+        operations.status(selected, console)
         for sim in fleet.hosts:
             answer = sim.health() or {}
             console.info(f"{sim.name} serves release {answer.get('release')} "

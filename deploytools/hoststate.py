@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from deploytools.connection import Connection, Connector, ssh_connector
 from deploytools.inventory import Host
-from deploytools.transport import HostConnection
 
 # Host states, in the order a successful deploy passes through them.
 PENDING = "pending"
@@ -19,6 +19,7 @@ CONNECTED = "connected"
 LOCKED = "locked"
 PREPARED = "prepared"
 HEALTHY = "healthy"
+DONE = "ok"  # a task that ships nothing (releases, check, unlock) did its work on the host
 # Terminal states other than healthy.
 FAILED = "failed"  # failed before anything switched: the host serves what it served
 ROLLED_BACK = "rolled_back"  # switched, failed, switched back and healthy again
@@ -46,7 +47,8 @@ class HostRun:
     health: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
-    conn: HostConnection | None = None
+    conn: Connection | None = None
+    connector: Connector = field(default_factory=ssh_connector)  # how `conn` is made
     started: float = field(default_factory=time.monotonic)
     busy: float = 0.0  # seconds spent in remote steps (what ssh.host_timeout bounds)
     in_flight: bool = False  # a remote step is running right now

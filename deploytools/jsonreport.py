@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deploytools import __version__
-from deploytools.flow import RunResult
+from deploytools.fleetrun import RunResult
 from deploytools.hoststate import HostRun
 from deploytools.masking import mask_secrets
 

@@ -21,19 +21,19 @@ from typing import Any
 from deploytools import balancer as lb
 from deploytools import local_hooks
 from deploytools.artifact import Artifact
+from deploytools.console import Console
 from deploytools.errors import LockHeldError, RemoteError
-from deploytools.report import (
+from deploytools.hoststate import (
     CONNECTED,
     FAILED,
     HEALTHY,
+    LOCK_HELD,
     LOCKED,
-    LOCKED_OUT,
     PREPARED,
     ROLLBACK_FAILED,
     ROLLED_BACK,
     SKIPPED,
     UNCHANGED,
-    Console,
     HostRun,
 )
 from deploytools.rollout import in_parallel
@@ -69,7 +69,7 @@ def lock_fleet(runs: list[HostRun], console: Console,
     in_parallel([r for r in runs if r.conn is None and r.active], connect, console)
     reachable = active(runs)
     in_parallel(reachable[:1], check, console)
-    if reachable and reachable[0].state == LOCKED_OUT:
+    if reachable and reachable[0].state == LOCK_HELD:
         for run in reachable[1:]:
             run.fail(SKIPPED, f"not contacted: {reachable[0].name} is locked")
         return

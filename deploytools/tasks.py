@@ -35,6 +35,7 @@ from invoke.exceptions import Exit
 from deploytools import flow, operations
 from deploytools.console import Console, make_console
 from deploytools.errors import DeployToolsError, ExitCode
+from deploytools.fleetrun import RunResult
 from deploytools.inventory import Host, load_inventory
 from deploytools.masking import mask_secrets
 from deploytools.rollout import RolloutPolicy
@@ -46,7 +47,7 @@ COMMON_HELP = {
     "log": "Append the progress lines, dated, to a local log file.",
     "debug": "Show tracebacks for errors.",
 }
-Flow = Callable[[Console], "flow.RunResult | None"]
+Flow = Callable[[Console], "RunResult | None"]
 
 
 def _select(c: Context, hosts: str | None, inventory: str | None) -> list[Host]:
@@ -105,7 +106,7 @@ def _task_name(frame: FrameType | None) -> str:
 
 
 def _reported(body: Flow, console: Console, json: str | None, action: str,
-              options: dict[str, Any]) -> flow.RunResult | None:
+              options: dict[str, Any]) -> RunResult | None:
     """Run the flow; when it ends without a result (a config error, a crash, an abort),
     still write the --json report, with outcome "error" and why, then re-raise: a
     pipeline must never read the previous run's report as this run's."""
@@ -145,7 +146,7 @@ def deploy(c: Context, hosts: str | None = None, inventory: str | None = None,
            dry_run: bool = False, skip_unchanged: bool = False, json: str | None = None,
            log: str | None = None, debug: bool = False, batch_wait: float = 0) -> None:
     """Ship a release to every selected host: prepare, switch, restart, health-check."""
-    def body(console: Console) -> flow.RunResult:
+    def body(console: Console) -> RunResult:
         policy = RolloutPolicy(serial=serial, canary=canary, max_failures=max_failures,
                                on_failure=on_failure, batch_wait=float(batch_wait))
         selected = _select(c, hosts, inventory)
@@ -188,9 +189,8 @@ def verify(c: Context, hosts: str | None = None, inventory: str | None = None,
            expect: str | None = None, json: str | None = None, log: str | None = None,
            debug: bool = False) -> None:
     """Prove each host runs the code shipped: current, files, bytecode, processes, health."""
-    from deploytools.verify import verify_fleet
 
-    _run(lambda console: verify_fleet(_select(c, hosts, inventory), console, expect=expect),
+    _run(lambda console: operations.verify(_select(c, hosts, inventory), console, expect=expect),
          debug=debug, json=json, log=log, options={"hosts": hosts, "expect": expect})
 
 
@@ -198,9 +198,8 @@ def verify(c: Context, hosts: str | None = None, inventory: str | None = None,
 def status(c: Context, hosts: str | None = None, inventory: str | None = None,
            json: str | None = None, log: str | None = None, debug: bool = False) -> None:
     """The fleet at a glance: release each host runs, processes, health, lock."""
-    from deploytools.verify import status_fleet
 
-    _run(lambda console: status_fleet(_select(c, hosts, inventory), console),
+    _run(lambda console: operations.status(_select(c, hosts, inventory), console),
          debug=debug, json=json, log=log, options={"hosts": hosts})
 
 

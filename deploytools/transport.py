@@ -26,7 +26,7 @@ from typing import Any
 import paramiko
 from fabric import Connection
 
-from deploytools import access, dryrun
+from deploytools import access
 from deploytools.errors import ConfigError, RemoteError, UnreachableError
 from deploytools.inventory import Host
 from deploytools.ssh import Held, connect, release_jumps
