@@ -408,9 +408,12 @@ def call(run: HostRun, request: dict[str, Any], console: Console, quiet: bool = 
     try:
         reply: AgentCall = run.conn.call(request, on_event=on_event,
                                          timeout=run.remaining_time(), answer=answer)
-    finally:
+    except Exception:
         run.in_flight = False
+        raise
+    finally:  # an abort (KeyboardInterrupt) leaves it in flight: the agent goes on
         run.busy += time.monotonic() - step_started
+    run.in_flight = False
     if reply.error:
         raise RemoteError(run.name, reply.error["message"])
     assert reply.result is not None
