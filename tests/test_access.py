@@ -6,18 +6,27 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from accesskit import Agent, forwards, isolate_behind, logins, start_agent, start_jump_host
-from conftest import REPO_ROOT, AppRepo, Cli, current_release, make_fleet
 
 from deploytools import access
 from deploytools.sandbox import Fleet, SimHost, _public_key
+from tests.support.access import (
+    Agent,
+    forwards,
+    isolate_behind,
+    logins,
+    start_agent,
+    start_jump_host,
+)
+from tests.support.apprepo import AppRepo
+from tests.support.cli import Cli, clean_env, inv_command
+from tests.support.fleets import make_fleet
+from tests.support.layout import current_release
 
 
 @pytest.fixture(scope="module")
@@ -286,13 +295,10 @@ def test_targets_reachable_only_through_the_jump_host(fleet: Fleet, jump: SimHos
         known = tmp_path / "known_hosts"
         known.write_text(fleet.known_hosts.read_text()
                          + f"[127.0.0.1]:{isolated.port} {_public_key(jump.host_key)}\n")
-        env = {k: v for k, v in os.environ.items() if k != "DEPLOYTOOLS_INVENTORY"}
-
         def inv(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-            argv = [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), *args,
-                    "--inventory", str(path)]
-            return subprocess.run(isolated.command(argv), capture_output=True, text=True,
-                                  env=env, timeout=300)
+            return subprocess.run(isolated.command(inv_command(*args, inventory=path)),
+                                  capture_output=True, text=True, env=clean_env(),
+                                  timeout=300)
 
         direct = tmp_path / "direct.yaml"
         inventory(fleet, app_repo, direct, known_hosts=str(known), config=False)

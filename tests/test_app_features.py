@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AppRepo, Cli, current_release, health_releases, release_dirs
 
 from deploytools.sandbox import Fleet
+from tests.support.apprepo import AppRepo
+from tests.support.cli import Cli
+from tests.support.layout import current_release, health_releases, release_dirs
 
 
 def set_defaults(cli: Cli, **values: object) -> None:

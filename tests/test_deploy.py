@@ -14,18 +14,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (
-    AppRepo,
-    Cli,
-    current_release,
-    deploy_broken_module,
-    health_releases,
-    release_dirs,
-)
 
 from deploytools.inventory import load_inventory
 from deploytools.sandbox import Fleet, SimHost
 from deploytools.transport import HostConnection, agent_digest
+from tests.support.apprepo import AppRepo
+from tests.support.cli import Cli
+from tests.support.fleets import deploy_broken_module
+from tests.support.layout import current_release, health_releases, release_dirs
 
 
 def release_ids(fleet: Fleet) -> set[str | None]:

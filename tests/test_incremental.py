@@ -17,19 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import (
-    AppRepo,
-    Cli,
-    cli_for,
-    current_release,
-    health_releases,
-    make_fleet,
-    release_dirs,
-)
 
 from deploytools.remote.intact import read_record
 from deploytools.remote.releases import Layout
 from deploytools.sandbox import Fleet
+from tests.support.apprepo import AppRepo
+from tests.support.cli import Cli
+from tests.support.fleets import cli_for, make_fleet
+from tests.support.layout import current_release, health_releases, release_dirs
 
 TAG = sys.implementation.cache_tag
 MODS = Path("sampleapp") / "mods"

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import jsonschema
 import yaml
-from conftest import REPO_ROOT, AppRepo, Cli, current_release
 
 from deploytools.jsonreport import SCHEMA_PATH
 from deploytools.sandbox import Fleet, SimHost
+from tests.support.apprepo import AppRepo
+from tests.support.cli import Cli, clean_env, inv_command
+from tests.support.layout import current_release
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 
@@ -102,9 +104,8 @@ def test_plain_lines_without_a_tty_and_a_live_view_with_one(cli: Cli, app_repo: 
     env.update(TERM="xterm-256color", COLUMNS="120", LINES="40")
     pid, fd = pty.fork()
     if pid == 0:  # the child: inv on a pseudo-terminal
-        os.execve(sys.executable, [sys.executable, "-m", "invoke", "--search-root",
-                                   str(REPO_ROOT), "deploy", "--hosts", "prod",
-                                   "--inventory", str(cli.inventory)], env)
+        os.execve(sys.executable, inv_command("deploy", "--hosts", "prod",
+                                              inventory=cli.inventory), env)
     output = b""
     while True:
         try:
@@ -220,11 +221,11 @@ def test_a_project_reusing_the_collection(cli: Cli, fleet3: Fleet, app_repo: App
     (project / "invoke.yaml").write_text(yaml.safe_dump(
         {"deploytools": {"inventory": str(cli.inventory), "hosts": "prod"}}))
     app_repo.commit("from-project")
-    env = {k: v for k, v in os.environ.items() if k != "DEPLOYTOOLS_INVENTORY"}
-    listing = subprocess.run([sys.executable, "-m", "invoke", "--list"], cwd=project,
+    env = clean_env()
+    listing = subprocess.run(inv_command("--list", search_root=None), cwd=project,
                              capture_output=True, text=True, env=env)
     assert "dt.deploy" in listing.stdout and "dt.verify" in listing.stdout
-    done = subprocess.run([sys.executable, "-m", "invoke", "dt.deploy"], cwd=project,
+    done = subprocess.run(inv_command("dt.deploy", search_root=None), cwd=project,
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     sha = app_repo.git("rev-parse", "HEAD")
@@ -234,7 +235,7 @@ def test_a_project_reusing_the_collection(cli: Cli, fleet3: Fleet, app_repo: App
     calls = sorted(hook_log.read_text().splitlines())
     assert calls == sorted(f"{point} {h.name} {release} True" for h in fleet3.hosts
                            for point in ("before_switch", "after_restart"))
-    helptext = subprocess.run([sys.executable, "-m", "invoke", "--help", "dt.deploy"],
+    helptext = subprocess.run(inv_command("--help", "dt.deploy", search_root=None),
                               cwd=project, capture_output=True, text=True, env=env)
     for flag in ("--serial", "--canary", "--dry-run", "--skip-unchanged", "--json"):
         assert flag in helptext.stdout
@@ -250,8 +251,7 @@ def test_log_file_gets_the_progress_lines(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_demo_runs_end_to_end() -> None:
-    done = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT),
-                           "demo"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(inv_command("demo"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "every host is back on v2" in done.stdout
     assert "verify: 3 of 3 hosts pass" in done.stdout

@@ -1,6 +1,6 @@
 """Least privilege against the real fleet: a non-root deploy user owning deploy_to, the
 program run by a root supervisord as that user, and the three ways to reach supervisord
-(see tests/privkit.py): a group socket, `sudo supervisorctl` only, and `become`."""
+(see tests/support/privilege.py): a group socket, `sudo supervisorctl` only, and `become`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import os
 import pwd
 from collections.abc import Iterator
 
-import privkit
 import pytest
 import yaml
-from conftest import AppRepo, Cli, cli_for, make_fleet
 
-from deploytools.remote.supervisorctl import parse_status
 from deploytools.sandbox import Fleet
+from tests.support import privilege
+from tests.support.apprepo import AppRepo
+from tests.support.cli import Cli
+from tests.support.fleets import cli_for, make_fleet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a Unix user")
 
@@ -24,10 +25,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create 
 def fleet() -> Iterator[Fleet]:
     for started in make_fleet(1):
         try:
-            privkit.set_mode(started, "ctl")
+            privilege.set_mode(started, "ctl")
             yield started
         finally:
-            privkit.cleanup(started)
+            privilege.cleanup(started)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def cli(fleet: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactor
 
 
 def ctl_command(fleet: Fleet, sudo: bool = True) -> str:
-    return ("sudo -n " if sudo else "") + str(privkit.supervisorctl_path(fleet))
+    return ("sudo -n " if sudo else "") + str(privilege.supervisorctl_path(fleet))
 
 
 def app_uid(fleet: Fleet) -> int:
@@ -48,29 +49,29 @@ def app_uid(fleet: Fleet) -> int:
 
 
 def assert_only_supervisorctl_under_sudo(fleet: Fleet) -> None:
-    commands = [c for c in privkit.sudo_commands(fleet) if not c.startswith("list ")]
+    commands = [c for c in privilege.sudo_commands(fleet) if not c.startswith("list ")]
     assert commands, "sudo was never used"
-    ctl = str(privkit.supervisorctl_path(fleet))
+    ctl = str(privilege.supervisorctl_path(fleet))
     assert all(c.startswith(ctl + " ") for c in commands), commands
 
 
 def test_sudo_supervisorctl_only(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
     """Root-only socket, sudo for supervisorctl only: deploy, verify, rollback and
     clear-cache --restart pass, and the app runs as the deploy user."""
-    privkit.sudo_log(fleet).unlink(missing_ok=True)
+    privilege.sudo_log(fleet).unlink(missing_ok=True)
     cli.settings(supervisor={"programs": ["app"], "supervisorctl": ctl_command(fleet)})
     cli("deploy", "--hosts", "prod", check=True)
     first = fleet.hosts[0].health()["release"]
     app_repo.commit("v2")
     cli("deploy", "--hosts", "prod", check=True)
-    assert app_uid(fleet) == pwd.getpwnam(privkit.USER).pw_uid
+    assert app_uid(fleet) == pwd.getpwnam(privilege.USER).pw_uid
     done = cli("verify", "--hosts", "prod", check=True)
     assert "process app" in done.stdout
     cli("rollback", "--hosts", "prod", check=True)
     assert fleet.hosts[0].health()["release"] == first
     cli("clear-cache", "--hosts", "prod", "--restart", check=True)
     assert fleet.hosts[0].health()["release"] == first
-    assert app_uid(fleet) == pwd.getpwnam(privkit.USER).pw_uid
+    assert app_uid(fleet) == pwd.getpwnam(privilege.USER).pw_uid
     assert_only_supervisorctl_under_sudo(fleet)
 
 
@@ -92,7 +93,7 @@ def test_crash_through_supervisorctl_is_explained_and_rolled_back(
 def test_socket_refused_falls_back_to_sudo_rule(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
     """supervisorctl configured without sudo: the socket refuses (root-only), the sudo
     rule exists, so supervisorctl runs through `sudo -n`."""
-    privkit.sudo_log(fleet).unlink(missing_ok=True)
+    privilege.sudo_log(fleet).unlink(missing_ok=True)
     cli.settings(supervisor={"programs": ["app"], "supervisorctl": ctl_command(fleet, False)})
     app_repo.commit("v3")
     cli("deploy", "--hosts", "prod", check=True)
@@ -111,8 +112,8 @@ def test_no_access_at_all_is_one_clear_line(fleet: Fleet, cli: Cli) -> None:
 
 def test_become(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
     """`become: true` at the top of the inventory runs the agent through sudo -n."""
-    privkit.set_mode(fleet, "become")
-    privkit.sudo_log(fleet).unlink(missing_ok=True)
+    privilege.set_mode(fleet, "become")
+    privilege.sudo_log(fleet).unlink(missing_ok=True)
     cli.settings(supervisor={"programs": ["app"]})
     inv = yaml.safe_load(cli.inventory.read_text())
     inv["become"] = True
@@ -120,8 +121,8 @@ def test_become(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
     app_repo.commit("v4")
     done = cli("deploy", "--hosts", "prod", check=True)
     assert "deprecated" not in done.stdout + done.stderr
-    assert any("timeout" in c for c in privkit.sudo_commands(fleet))
-    assert app_uid(fleet) == pwd.getpwnam(privkit.USER).pw_uid
+    assert any("timeout" in c for c in privilege.sudo_commands(fleet))
+    assert app_uid(fleet) == pwd.getpwnam(privilege.USER).pw_uid
 
 
 def test_deprecated_supervisor_sudo(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
@@ -137,22 +138,22 @@ def test_deprecated_supervisor_sudo(fleet: Fleet, cli: Cli, app_repo: AppRepo) -
 
 def test_group_socket(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
     """Socket chown=root:USER chmod=0770: XML-RPC as the deploy user, no sudo at all."""
-    privkit.set_mode(fleet, "group")
-    privkit.sudo_log(fleet).unlink(missing_ok=True)
+    privilege.set_mode(fleet, "group")
+    privilege.sudo_log(fleet).unlink(missing_ok=True)
     cli.settings(supervisor={"programs": ["app"]})
     app_repo.commit("v6")
     cli("deploy", "--hosts", "prod", check=True)
     done = cli("verify", "--hosts", "prod", check=True)
     assert "process app" in done.stdout
-    assert privkit.sudo_commands(fleet) == []
-    assert app_uid(fleet) == pwd.getpwnam(privkit.USER).pw_uid
+    assert privilege.sudo_commands(fleet) == []
+    assert app_uid(fleet) == pwd.getpwnam(privilege.USER).pw_uid
 
 
 def test_program_of_another_user_is_said_unseen(fleet: Fleet, cli: Cli,
                                                 app_repo: AppRepo) -> None:
     """The program runs as `nobody`: the deploy user may not read its /proc cwd. Deploy
     and verify pass (no false alarm) and verify says what it could not see."""
-    privkit.set_mode(fleet, "group", program_user="nobody")
+    privilege.set_mode(fleet, "group", program_user="nobody")
     try:
         app_repo.commit("v7")
         cli("deploy", "--hosts", "prod", check=True)
@@ -163,19 +164,6 @@ def test_program_of_another_user_is_said_unseen(fleet: Fleet, cli: Cli,
         assert process["ok"], process
         assert "not seen" in process["detail"] and "not readable here" in process["detail"]
     finally:
-        privkit.set_mode(fleet, "group")
+        privilege.set_mode(fleet, "group")
 
 
-def test_parse_status() -> None:
-    """supervisorctl's status text becomes getProcessInfo-shaped rows; noise is kept apart."""
-    text = ("app                              RUNNING   pid 4242, uptime 0:00:05\n"
-            "web:web_0                        BACKOFF   Exited too quickly (process log may "
-            "have details)\n"
-            "worker                           STOPPED   Not started\n"
-            "unix:///x/supervisor.sock refused connection\n")
-    infos, noise = parse_status(text)
-    assert [(i["group"], i["name"], i["statename"], i["pid"]) for i in infos] == [
-        ("app", "app", "RUNNING", 4242), ("web", "web_0", "BACKOFF", 0),
-        ("worker", "worker", "STOPPED", 0)]
-    assert infos[1]["description"].startswith("Exited too quickly")
-    assert noise == ["unix:///x/supervisor.sock refused connection"]

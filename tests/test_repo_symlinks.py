@@ -12,9 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AppRepo, Cli, cli_for, current_release, make_fleet
 
 from deploytools.sandbox import Fleet
+from tests.support.apprepo import AppRepo
+from tests.support.cli import Cli
+from tests.support.fleets import cli_for, make_fleet
+from tests.support.layout import current_release
 
 TAG = sys.implementation.cache_tag
 

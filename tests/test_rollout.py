@@ -16,18 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (
-    AppRepo,
-    Background,
-    Cli,
-    cli_for,
-    current_release,
-    health_releases,
-    make_fleet,
-    release_dirs,
-)
 
 from deploytools.sandbox import Fleet, SimHost
+from tests.support.apprepo import AppRepo
+from tests.support.cli import Background, Cli
+from tests.support.fleets import cli_for, make_fleet
+from tests.support.layout import current_release, health_releases, release_dirs
 
 
 @pytest.fixture(scope="module")

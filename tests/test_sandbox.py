@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_fleet, require_sshd
 
 from deploytools.inventory import load_inventory
 from deploytools.sandbox import Fleet, SimHost, start_fleet, write_sample_app
 from deploytools.transport import HostConnection
+from tests.support.fleets import make_fleet, require_sshd
 
 
 def ssh(

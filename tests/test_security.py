@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AppRepo, Cli, cli_for, current_release, health_releases, make_fleet
 
 from deploytools.sandbox import Fleet, SimHost
 from deploytools.transport import agent_digest
+from tests.support.apprepo import AppRepo
+from tests.support.cli import Cli
+from tests.support.fleets import cli_for, make_fleet
+from tests.support.layout import current_release, health_releases
 
 INTRUDER_UID = 65534  # "nobody": another user than the SSH user (root)
 

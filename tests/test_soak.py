@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 import time
 
-from conftest import REPO_ROOT, require_sshd
+from tests.support.cli import REPO_ROOT
+from tests.support.fleets import require_sshd
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 

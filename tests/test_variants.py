@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AppRepo, Cli, current_release, release_dirs, require_sshd
 
 from deploytools.sandbox import (
     PYPY,
@@ -32,6 +31,10 @@ from deploytools.sandbox import (
     start_variant_fleet,
     write_variant_app,
 )
+from tests.support.apprepo import AppRepo
+from tests.support.cli import Cli
+from tests.support.fleets import require_sshd
+from tests.support.layout import current_release, release_dirs
 
 VARIANTS = [
     Variant("s0", startsecs=0, health="revision"),

@@ -14,17 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (
-    AppRepo,
-    Cli,
-    cli_for,
-    current_release,
-    deploy_broken_module,
-    make_fleet,
-    release_dirs,
-)
 
 from deploytools.sandbox import Fleet, SimHost
+from tests.support.apprepo import AppRepo
+from tests.support.cli import Cli
+from tests.support.fleets import cli_for, deploy_broken_module, make_fleet
+from tests.support.layout import current_release, release_dirs
 
 
 @pytest.fixture(scope="module")

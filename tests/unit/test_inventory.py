@@ -9,6 +9,8 @@ import yaml
 
 from deploytools.errors import ConfigError, InventoryError
 from deploytools.inventory import load_inventory, parse_inventory
+from tests.support.cli import REPO_ROOT
+from tests.support.inventories import one_host_inventory
 
 BASE = {
     "defaults": {
@@ -137,7 +139,7 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 
 
 def test_example_inventory_is_valid() -> None:
-    example = Path(__file__).resolve().parent.parent / "inventory.example.yaml"
+    example = REPO_ROOT / "inventory.example.yaml"
     inv = load_inventory(example)
     assert inv.hosts and inv.groups
 
@@ -154,3 +156,53 @@ def test_access_settings_merge_and_resolve(tmp_path: Path) -> None:
     assert web1.get("ssh.config") == str(tmp_path / "ssh_config")
     assert (web1.get("ssh.proxy_jump"), stage1.get("ssh.proxy_jump")) == \
         (("ops@bastion:2222",), ())
+
+
+@pytest.mark.parametrize("spelling", ["/etc/.", "//etc", "/./etc", "///etc//", "/usr/./lib",
+                                      "//", "/srv/."])
+def test_deploy_to_guard_sees_through_spellings(spelling: str) -> None:
+    with pytest.raises(InventoryError, match="system directory"):
+        parse_inventory(one_host_inventory(deploy_to=spelling))
+
+
+def test_deploy_to_is_normalised() -> None:
+    inv = parse_inventory(one_host_inventory(deploy_to="//srv/./app//"))
+    assert inv.hosts["web1"].deploy_to == "/srv/app"
+
+
+def test_duplicate_yaml_keys_name_file_key_path_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.yaml"
+    path.write_text("defaults:\n  deploy_to: /srv/a\n  source: {path: .}\n"
+                    "  supervisor: {programs: [web]}\n  deploy_to: /srv/b\n"
+                    "groups:\n  prod:\n    hosts:\n      web1: {host: 127.0.0.1}\n")
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    message = str(caught.value)
+    assert str(path) in message and "defaults.deploy_to" in message and "line 5" in message
+    assert caught.value.exit_code == 2 and "\n" not in message
+
+
+def test_group_listing_a_host_by_name_applies_its_vars() -> None:
+    data = one_host_inventory()
+    data["groups"]["canary"] = {"vars": {"keep_releases": 9}, "hosts": ["web1"]}
+    host = parse_inventory(data).hosts["web1"]
+    assert host.settings["keep_releases"] == 9 and host.groups == ("prod", "canary")
+    data["groups"]["prod"]["hosts"]["web1"]["keep_releases"] = 4  # the host still wins
+    assert parse_inventory(data).hosts["web1"].settings["keep_releases"] == 4
+
+
+@pytest.mark.parametrize(("address", "hint"), [
+    ("10.0.0.1:2222", "port: 2222"), ("[fe80::1]:22", "port: 22"),
+    ("deploy@web1.example.com", "user: deploy"), ("ops@10.0.0.1", "host: 10.0.0.1")])
+def test_host_with_port_or_user_is_refused_with_a_hint(address: str, hint: str) -> None:
+    data = one_host_inventory()
+    data["groups"]["prod"]["hosts"]["web1"]["host"] = address
+    with pytest.raises(InventoryError, match="groups.prod.hosts.web1.host") as caught:
+        parse_inventory(data)
+    assert hint in str(caught.value) and caught.value.exit_code == 2
+
+
+def test_plain_ipv6_address_is_accepted() -> None:
+    data = one_host_inventory()
+    data["groups"]["prod"]["hosts"]["web1"]["host"] = "fe80::1"
+    assert parse_inventory(data).hosts["web1"].address == "fe80::1"

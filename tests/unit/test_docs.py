@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.cli import REPO_ROOT as ROOT
 
 
 def test_ci_runs_the_readme_test_command() -> None:
