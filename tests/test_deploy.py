@@ -1,7 +1,7 @@
 """`inv deploy` / `inv rollback` / `inv releases` end to end, against a real 3-host fleet.
 
-Tests in this module share one fleet and run in file order: each builds on the
-releases the previous ones left, as a real fleet's history would.
+Tests in this module share one fleet; each sets up the releases it asserts on
+(`serving_release`, its own deploys), so any test runs alone and in any order.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from deploytools.sandbox import Fleet, SimHost
 from deploytools.transport import HostConnection, agent_digest
 from tests.support.apprepo import AppRepo
 from tests.support.cli import Cli
-from tests.support.fleets import deploy_broken_module
+from tests.support.fleets import deploy_broken_module, serving_release
 from tests.support.layout import current_release, health_releases, release_dirs
 
 
@@ -58,7 +58,7 @@ def test_fresh_deploy_to_three_hosts(cli: Cli, fleet3: Fleet, app_repo: AppRepo)
 
 def test_second_deploy_keeps_previous_release(cli: Cli, fleet3: Fleet,
                                               app_repo: AppRepo) -> None:
-    first = only(release_ids(fleet3))
+    first = serving_release(cli, fleet3, app_repo)
     first_pids = {h.name: h.health()["pid"] for h in fleet3.hosts}
     app_repo.commit("v2")
     cli("deploy", "--hosts", "prod", check=True)
@@ -73,7 +73,8 @@ def test_second_deploy_keeps_previous_release(cli: Cli, fleet3: Fleet,
 
 def test_failing_health_rolls_every_host_back(cli: Cli, fleet3: Fleet,
                                               app_repo: AppRepo) -> None:
-    good = only(release_ids(fleet3))
+    good = serving_release(cli, fleet3, app_repo)
+    before = {p.name for p in release_dirs(fleet3.hosts[0].deploy_to)}
     app_repo.commit("v3-broken", health_status=500)
     done = cli("deploy", "--hosts", "prod")
     assert done.returncode == 3, done.stdout + done.stderr
@@ -82,14 +83,13 @@ def test_failing_health_rolls_every_host_back(cli: Cli, fleet3: Fleet,
         assert host.name in done.stderr and "HTTP 500" in done.stderr
     assert health_releases(fleet3) == {h.name: good for h in fleet3.hosts}
     assert release_ids(fleet3) == {good}
-    failed = [p for p in release_dirs(fleet3.hosts[0].deploy_to)
-              if (p / ".deploytools" / "FAILED").exists()]
-    assert len(failed) == 1 and "HTTP 500" in (failed[0] / ".deploytools" / "FAILED").read_text()
+    (new,) = [p for p in release_dirs(fleet3.hosts[0].deploy_to) if p.name not in before]
+    assert "HTTP 500" in (new / ".deploytools" / "FAILED").read_text()
 
 
 def test_crash_at_import_reports_supervisor_reason(cli: Cli, fleet3: Fleet,
                                                     app_repo: AppRepo) -> None:
-    good = only(release_ids(fleet3))
+    good = serving_release(cli, fleet3, app_repo)
     app_repo.commit("v4-crash", crash_on_import=True)
     done = cli("deploy", "--hosts", "prod")
     assert done.returncode == 3, done.stdout + done.stderr
@@ -101,7 +101,7 @@ def test_crash_at_import_reports_supervisor_reason(cli: Cli, fleet3: Fleet,
 
 
 def test_syntax_error_fails_before_any_switch(cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
-    good = only(release_ids(fleet3))
+    good = serving_release(cli, fleet3, app_repo)
     releases_before = sorted(p.name for p in release_dirs(fleet3.hosts[0].deploy_to))
     done = deploy_broken_module(cli, app_repo, "def ok():\n    return 1\n\ndef bad(:\n    pass\n",
                                 "v-syntax")
@@ -112,19 +112,28 @@ def test_syntax_error_fails_before_any_switch(cli: Cli, fleet3: Fleet, app_repo:
         releases_before  # nothing half-built left behind
 
 
-def test_releases_lists_current_and_failed(cli: Cli, fleet3: Fleet) -> None:
+def test_releases_lists_current_and_failed(cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
+    current = serving_release(cli, fleet3, app_repo)
+    app_repo.commit("v-listed-broken", health_status=500)
+    assert cli("deploy", "--hosts", "prod").returncode == 3
+    report = cli.report("releases", "--hosts", "prod")
+    for host, row in zip(fleet3.hosts, report["hosts"]):
+        assert row["name"] == host.name and row["release"] == current
+        on_disk = {p.name: (p / ".deploytools" / "FAILED").exists()
+                   for p in release_dirs(host.deploy_to)}
+        listed = {r["id"]: bool(r["failed"]) for r in row["releases"]}
+        assert listed == on_disk and any(listed.values())
     done = cli("releases", "--hosts", "prod", check=True)
-    current = only(release_ids(fleet3))
-    for host in fleet3.hosts:
-        assert host.name in done.stdout
-    assert f"* {current}" in done.stdout
-    assert done.stdout.count("FAILED") == 2 * len(fleet3.hosts)
+    assert f"* {current}" in done.stdout and "FAILED" in done.stdout
 
 
-def test_rollback_skips_failed_releases(cli: Cli, fleet3: Fleet) -> None:
-    releases = sorted(p.name for p in release_dirs(fleet3.hosts[0].deploy_to))
+def test_rollback_skips_failed_releases(cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
+    expected = serving_release(cli, fleet3, app_repo)
+    app_repo.commit("v-rollback-broken", health_status=500)
+    assert cli("deploy", "--hosts", "prod").returncode == 3  # a failed release in between
+    app_repo.commit("v-rollback-good")
+    cli("deploy", "--hosts", "prod", check=True)
     good_before = only(release_ids(fleet3))
-    expected = releases[releases.index(good_before) - 1]  # v1: the failed ones are newer
     cli("rollback", "--hosts", "prod", check=True)
     assert release_ids(fleet3) == {expected}
     assert health_releases(fleet3) == {h.name: expected for h in fleet3.hosts}
@@ -133,20 +142,24 @@ def test_rollback_skips_failed_releases(cli: Cli, fleet3: Fleet) -> None:
     assert health_releases(fleet3) == {h.name: good_before for h in fleet3.hosts}
 
 
-def test_rollback_refuses_a_failed_release(cli: Cli, fleet3: Fleet) -> None:
-    failed = next(p.name for p in release_dirs(fleet3.hosts[0].deploy_to)
-                  if (p / ".deploytools" / "FAILED").exists())
+def test_rollback_refuses_a_failed_release(cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
+    serving_release(cli, fleet3, app_repo)
+    before = {p.name for p in release_dirs(fleet3.hosts[0].deploy_to)}
+    app_repo.commit("v-refused-broken", health_status=500)
+    assert cli("deploy", "--hosts", "prod").returncode == 3
+    (failed,) = [p.name for p in release_dirs(fleet3.hosts[0].deploy_to) if p.name not in before]
     done = cli("rollback", "--hosts", "prod", "--to", failed)
     assert done.returncode != 0
     assert "marked failed" in done.stderr
 
 
-def test_keep_releases_counts_only_good_ones(cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
-    cli.settings(keep_releases=3)
+def test_keep_releases_counts_only_good_ones(cli: Cli, fleet3: Fleet, app_repo: AppRepo,
+                                             tmp_path: Path) -> None:
+    keep3 = cli.with_settings(tmp_path / "keep3.yaml", keep_releases=3)
     for number in range(5):
         broken = number == 3
         app_repo.commit(f"k{number}", health_status=500 if broken else 200)
-        done = cli("deploy", "--hosts", "prod")
+        done = keep3("deploy", "--hosts", "prod")
         assert done.returncode == (3 if broken else 0), done.stdout + done.stderr
     current = only(release_ids(fleet3))
     for host in fleet3.hosts:
@@ -156,11 +169,15 @@ def test_keep_releases_counts_only_good_ones(cli: Cli, fleet3: Fleet, app_repo: 
         assert len(releases) == 3  # the failed one, older than current, is gone too
 
 
-def test_same_commit_twice_in_a_row_gets_distinct_release_ids(cli: Cli, fleet3: Fleet) -> None:
-    first = only(release_ids(fleet3))
+def test_same_commit_twice_in_a_row_gets_distinct_release_ids(cli: Cli, fleet3: Fleet,
+                                                              app_repo: AppRepo) -> None:
+    first = serving_release(cli, fleet3, app_repo)
+    app_repo.commit("v-twice")
     cli("deploy", "--hosts", "prod", check=True)
+    second = only(release_ids(fleet3))
     cli("deploy", "--hosts", "prod", check=True)
-    assert only(release_ids(fleet3)) not in (first,)
+    third = only(release_ids(fleet3))
+    assert len({first, second, third}) == 3
 
 
 # ----------------------------------------------------------------- bad input

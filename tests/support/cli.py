@@ -63,6 +63,14 @@ class Cli:
                 f"{done.stdout}\n{done.stderr}")
         return json.loads(done.stdout)
 
+    def with_settings(self, path: Path, **overrides: object) -> Cli:
+        """A Cli on a copy of this inventory (written to `path`) with these defaults
+        replaced whole, so a test's settings never leak into the next test."""
+        data = yaml.safe_load(self.inventory.read_text())
+        data["defaults"].update(overrides)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return Cli(path)
+
     def settings(self, **overrides: object) -> Path:
         """Rewrite the inventory's defaults (deep keys replaced whole)."""
         data = yaml.safe_load(self.inventory.read_text())

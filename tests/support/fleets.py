@@ -12,6 +12,7 @@ import pytest
 from deploytools.sandbox import Fleet, sshd_path, start_fleet
 from tests.support.apprepo import AppRepo
 from tests.support.cli import Cli
+from tests.support.layout import current_release
 
 
 def require_sshd() -> None:
@@ -61,3 +62,18 @@ def deploy_broken_module(cli: Cli, app_repo: AppRepo, source: str,
     finally:
         broken.unlink()
         app_repo.commit(f"{tag}-fixed")
+
+
+def serving_release(cli: Cli, fleet: Fleet, app_repo: AppRepo, version: str = "base") -> str:
+    """The good release every host serves, deploying one first unless the fleet already
+    agrees on a release that is not marked failed and that every app reports serving."""
+    ids = {current_release(host.deploy_to) for host in fleet.hosts}
+    if len(ids) == 1 and None not in ids:
+        release = ids.pop()
+        assert release is not None
+        marked = any((host.deploy_to / "releases" / release / ".deploytools" / "FAILED").exists()
+                     for host in fleet.hosts)
+        if not marked and all((host.health() or {}).get("release") == release
+                              for host in fleet.hosts):
+            return release
+    return deployed(cli, app_repo, version)
