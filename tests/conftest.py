@@ -34,7 +34,10 @@ def fleet3() -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def app_repo(tmp_path_factory: pytest.TempPathFactory) -> AppRepo:
-    return AppRepo.create(tmp_path_factory.mktemp("app"))
+    """The sample app's repository, with a first good commit: HEAD always deploys."""
+    repo = AppRepo.create(tmp_path_factory.mktemp("app"))
+    repo.commit("v0")
+    return repo
 
 
 @pytest.fixture(scope="module")

@@ -9,37 +9,31 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
 
 from deploytools.sandbox import Fleet
 from tests.support.apprepo import AppRepo
 from tests.support.cli import Cli
+from tests.support.fleets import serving_release
 from tests.support.layout import current_release, health_releases, release_dirs
-
-
-def set_defaults(cli: Cli, **values: object) -> None:
-    data = yaml.safe_load(cli.inventory.read_text())
-    for key, value in values.items():
-        if value is None:
-            data["defaults"].pop(key, None)
-        else:
-            data["defaults"][key] = value
-    cli.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def releases_on(fleet: Fleet) -> set[str]:
     return {p.name for h in fleet.hosts for p in release_dirs(h.deploy_to)}
 
 
-def test_shared_env_and_media_survive_releases(cli: Cli, fleet3: Fleet,
-                                               app_repo: AppRepo) -> None:
-    set_defaults(cli, shared={"files": [".env"], "dirs": ["media"]})
+def test_shared_env_and_media_survive_releases(cli: Cli, fleet3: Fleet, app_repo: AppRepo,
+                                               tmp_path: Path) -> None:
+    cli = cli.with_settings(tmp_path / "shared.yaml",
+                            shared={"files": [".env"], "dirs": ["media"]})
+    for host in fleet3.hosts:
+        (host.deploy_to / "shared" / ".env").unlink(missing_ok=True)
+    before = {h.name: current_release(h.deploy_to) for h in fleet3.hosts}
     (app_repo.path / ".env").write_text("DEMO_SETTING=from-the-repo\n")  # replaced by the link
     app_repo.commit("s1")
     done = cli("deploy", "--hosts", "prod")
     assert done.returncode != 0
     assert "shared file" in done.stderr and "/shared/.env is missing" in done.stderr
-    assert not any((h.deploy_to / "current").exists() for h in fleet3.hosts)
+    assert {h.name: current_release(h.deploy_to) for h in fleet3.hosts} == before
 
     for host in fleet3.hosts:
         (host.deploy_to / "shared" / ".env").write_text(f"DEMO_SETTING=secret-{host.name}\n")
@@ -59,11 +53,13 @@ def test_shared_env_and_media_survive_releases(cli: Cli, fleet3: Fleet,
     cli("verify", "--hosts", "prod", check=True)  # links are not integrity failures
 
 
-def test_failing_before_switch_hook_switches_nothing(cli: Cli, fleet3: Fleet,
-                                                    app_repo: AppRepo) -> None:
+def test_failing_before_switch_hook_switches_nothing(cli: Cli, fleet3: Fleet, app_repo: AppRepo,
+                                                    tmp_path: Path) -> None:
+    serving_release(cli, fleet3, app_repo)
     before = health_releases(fleet3)
     releases_before = releases_on(fleet3)
-    set_defaults(cli, hooks={"before_switch": ["echo migrating {name}; echo oops >&2; exit 3"]})
+    cli = cli.with_settings(tmp_path / "hooks.yaml", hooks={
+        "before_switch": ["echo migrating {name}; echo oops >&2; exit 3"]})
     app_repo.commit("h1")
     done = cli("deploy", "--hosts", "prod")
     assert done.returncode == 3, done.stdout + done.stderr
@@ -75,11 +71,11 @@ def test_failing_before_switch_hook_switches_nothing(cli: Cli, fleet3: Fleet,
 def test_run_once_hook_runs_on_exactly_one_host(cli: Cli, fleet3: Fleet, app_repo: AppRepo,
                                                 tmp_path: Path) -> None:
     log = tmp_path / "migrations.log"
-    set_defaults(cli, hooks={
+    previous = serving_release(cli, fleet3, app_repo)
+    cli = cli.with_settings(tmp_path / "hooks.yaml", hooks={
         "before_switch": [{"run": f"echo {{name}} >> {log}", "run_once": True}],
         "after_restart": ["env | grep ^DEPLOYTOOLS_ | sort > {deploy_to}/hook-env.txt"],
     })
-    previous = current_release(fleet3.hosts[0].deploy_to)
     app_repo.commit("h2")
     cli("deploy", "--hosts", "prod", check=True)
     assert log.read_text().split() == ["web1"]
@@ -90,7 +86,6 @@ def test_run_once_hook_runs_on_exactly_one_host(cli: Cli, fleet3: Fleet, app_rep
         assert env["DEPLOYTOOLS_RELEASE"] == release
         assert env["DEPLOYTOOLS_PREVIOUS_RELEASE"] == previous
         assert env["DEPLOYTOOLS_RELEASE_PATH"] == str(host.deploy_to / "releases" / release)
-    set_defaults(cli, hooks=None)
 
 
 def build_wheel(directory: Path, version: str) -> Path:
@@ -127,7 +122,7 @@ def test_virtualenv_built_once_reused_and_cleaned(cli: Cli, fleet3: Fleet, app_r
     wheels.mkdir()
     build_wheel(wheels, "1.0")
     build_wheel(wheels, "2.0")
-    set_defaults(cli, keep_releases=1, venv={
+    cli = cli.with_settings(tmp_path / "venv.yaml", keep_releases=1, venv={
         "requirements": "requirements.txt",
         "pip_args": ["--no-index", "--find-links", str(wheels)],
     }, hooks={"after_prepare": ["python -c 'import tinypkg; print(tinypkg.VERSION)' "
@@ -159,13 +154,13 @@ def test_virtualenv_built_once_reused_and_cleaned(cli: Cli, fleet3: Fleet, app_r
     cli("deploy", "--hosts", "prod", check=True)
     assert venv_keys(fleet3) == keys - {first_key}  # no kept release uses it any more
     cli("verify", "--hosts", "prod", check=True)
-    set_defaults(cli, venv=None, hooks=None, keep_releases=5)
+    (app_repo.path / "requirements.txt").unlink()
 
 
 @pytest.mark.parametrize("programs", [["app", "worker"]])
 def test_several_programs_restarted_and_verified(cli: Cli, fleet3: Fleet, app_repo: AppRepo,
-                                                 programs: list[str]) -> None:
-    set_defaults(cli, supervisor={"programs": programs})
+                                                 programs: list[str], tmp_path: Path) -> None:
+    cli = cli.with_settings(tmp_path / "programs.yaml", supervisor={"programs": programs})
     app_repo.commit("multi")
     done = cli("deploy", "--hosts", "prod", check=True)
     assert done.stdout.count("stopped app:app, worker:worker") == 3
@@ -179,5 +174,10 @@ def test_several_programs_restarted_and_verified(cli: Cli, fleet3: Fleet, app_re
     assert done.stdout.count("ok    process worker:worker") == 3
     host = fleet3.hosts[2]
     host.supervisor_rpc().supervisor.stopProcess("worker")
-    done = cli("verify", "--hosts", "prod")
-    assert done.returncode == 7 and "worker:worker is STOPPED" in done.stdout
+    try:
+        done = cli("verify", "--hosts", "prod")
+        assert done.returncode == 7 and "worker:worker is STOPPED" in done.stdout
+    finally:  # back to the fleet's own state: only `app` runs
+        for other in fleet3.hosts:
+            if other is not host:
+                other.supervisor_rpc().supervisor.stopProcess("worker")

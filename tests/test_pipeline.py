@@ -19,6 +19,7 @@ from deploytools.jsonreport import SCHEMA_PATH
 from deploytools.sandbox import Fleet, SimHost
 from tests.support.apprepo import AppRepo
 from tests.support.cli import Cli, clean_env, inv_command
+from tests.support.fleets import deployed, serving_release
 from tests.support.layout import current_release
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
@@ -40,6 +41,21 @@ def tree(host: SimHost) -> dict[str, tuple[int, int]]:
             stat = os.lstat(os.path.join(dirpath, name))
             out[os.path.join(dirpath, name)] = (stat.st_size, stat.st_mtime_ns)
     return out
+
+
+def settled_tree(host: SimHost, timeout: float = 20) -> dict[str, tuple[int, int]]:
+    """The tree once the last deploy's background housekeeping (old releases moved to
+    hidden trash and deleted) has finished: no trash left and two equal looks."""
+    deadline = time.monotonic() + timeout
+    last = tree(host)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = tree(host)
+        trash = any(p.name.startswith(".") for p in (host.deploy_to / "releases").iterdir())
+        if now == last and not trash:
+            return now
+        last = now
+    raise AssertionError(f"{host.name}: deploy_to never settled")
 
 
 def test_json_report_of_a_mixed_run_matches_the_fleet(cli: Cli, fleet3: Fleet,
@@ -73,8 +89,10 @@ def test_json_report_of_a_mixed_run_matches_the_fleet(cli: Cli, fleet3: Fleet,
     assert "version is" in web2["error"]
 
 
-def test_every_task_writes_a_valid_report(cli: Cli, tmp_path: Path) -> None:
-    cli("deploy", "--hosts", "prod", check=True)
+def test_every_task_writes_a_valid_report(cli: Cli, fleet3: Fleet, app_repo: AppRepo,
+                                          tmp_path: Path) -> None:
+    serving_release(cli, fleet3, app_repo)
+    deployed(cli, app_repo, "every-task")  # and a previous release to roll back to
     for args in (["verify"], ["status"], ["releases"], ["check"], ["clear-cache"],
                  ["rollback", "--dry-run"], ["unlock"]):
         done, document = report(cli, tmp_path, *args, "--hosts", "prod")
@@ -84,7 +102,8 @@ def test_every_task_writes_a_valid_report(cli: Cli, tmp_path: Path) -> None:
     assert all(c["ok"] for h in document["hosts"] for c in h["checks"])
 
 
-def test_json_on_stdout_is_pure(cli: Cli) -> None:
+def test_json_on_stdout_is_pure(cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
+    serving_release(cli, fleet3, app_repo)
     done = cli("status", "--hosts", "prod", "--json", "-")
     document = json.loads(done.stdout)
     jsonschema.validate(document, SCHEMA)
@@ -124,8 +143,10 @@ def test_plain_lines_without_a_tty_and_a_live_view_with_one(cli: Cli, app_repo: 
 
 def test_dry_run_changes_nothing_and_lists_every_host_and_batch(
         cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
+    serving_release(cli, fleet3, app_repo)
+    deployed(cli, app_repo, "dry-base")  # and a previous release to roll back to
     app_repo.commit("dry")
-    before = {h.name: tree(h) for h in fleet3.hosts}
+    before = {h.name: settled_tree(h) for h in fleet3.hosts}
     pids = {h.name: h.health()["pid"] for h in fleet3.hosts}
     done = cli("deploy", "--hosts", "prod", "--dry-run", "--serial", "1", check=True)
     assert {h.name: tree(h) for h in fleet3.hosts} == before
@@ -140,8 +161,9 @@ def test_dry_run_changes_nothing_and_lists_every_host_and_batch(
         assert {h.name: tree(h) for h in fleet3.hosts} == before
 
 
-def test_skip_unchanged_is_a_fast_no_op(cli: Cli, fleet3: Fleet, tmp_path: Path) -> None:
-    cli("deploy", "--hosts", "prod", check=True)
+def test_skip_unchanged_is_a_fast_no_op(cli: Cli, fleet3: Fleet, app_repo: AppRepo,
+                                        tmp_path: Path) -> None:
+    deployed(cli, app_repo, "skip")
     pids = {h.name: h.health()["pid"] for h in fleet3.hosts}
     done, document = report(cli, tmp_path, "deploy", "--hosts", "prod", "--skip-unchanged")
     assert done.returncode == 0
@@ -241,7 +263,9 @@ def test_a_project_reusing_the_collection(cli: Cli, fleet3: Fleet, app_repo: App
         assert flag in helptext.stdout
 
 
-def test_log_file_gets_the_progress_lines(cli: Cli, tmp_path: Path) -> None:
+def test_log_file_gets_the_progress_lines(cli: Cli, fleet3: Fleet, app_repo: AppRepo,
+                                          tmp_path: Path) -> None:
+    serving_release(cli, fleet3, app_repo)
     log = tmp_path / "deploy.log"
     cli("verify", "--hosts", "prod", "--log", str(log), check=True)
     cli("releases", "--hosts", "prod", "--log", str(log), check=True)

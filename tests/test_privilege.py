@@ -8,6 +8,7 @@ import json
 import os
 import pwd
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -33,7 +34,6 @@ def fleet() -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def cli(fleet: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    app_repo.commit("v1")
     return cli_for(fleet, app_repo, tmp_path_factory)
 
 
@@ -55,11 +55,27 @@ def assert_only_supervisorctl_under_sudo(fleet: Fleet) -> None:
     assert all(c.startswith(ctl + " ") for c in commands), commands
 
 
-def test_sudo_supervisorctl_only(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
+def in_mode(fleet: Fleet, cli: Cli, tmp_path: Path, mode: str, top: dict | None = None,
+            **defaults: object) -> Cli:
+    """The fleet reshaped for `mode`, the sudo log emptied, and a Cli on an inventory of
+    its own with these settings (so no test inherits another's)."""
+    privilege.set_mode(fleet, mode)
+    privilege.sudo_log(fleet).unlink(missing_ok=True)
+    own = cli.with_settings(tmp_path / "inventory.yaml", **defaults)
+    if top:
+        data = yaml.safe_load(own.inventory.read_text())
+        data.update(top)
+        own.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    return own
+
+
+def test_sudo_supervisorctl_only(fleet: Fleet, cli: Cli, app_repo: AppRepo,
+                                 tmp_path: Path) -> None:
     """Root-only socket, sudo for supervisorctl only: deploy, verify, rollback and
     clear-cache --restart pass, and the app runs as the deploy user."""
-    privilege.sudo_log(fleet).unlink(missing_ok=True)
-    cli.settings(supervisor={"programs": ["app"], "supervisorctl": ctl_command(fleet)})
+    cli = in_mode(fleet, cli, tmp_path, "ctl",
+                  supervisor={"programs": ["app"], "supervisorctl": ctl_command(fleet)})
+    app_repo.commit("v1")
     cli("deploy", "--hosts", "prod", check=True)
     first = fleet.hosts[0].health()["release"]
     app_repo.commit("v2")
@@ -76,10 +92,13 @@ def test_sudo_supervisorctl_only(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> N
 
 
 def test_crash_through_supervisorctl_is_explained_and_rolled_back(
-        fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
+        fleet: Fleet, cli: Cli, app_repo: AppRepo, tmp_path: Path) -> None:
     """A program that dies at import: through sudo supervisorctl the failure still names
     supervisor's state and the app's last stderr line, and the host is rolled back."""
-    cli.settings(supervisor={"programs": ["app"], "supervisorctl": ctl_command(fleet)})
+    cli = in_mode(fleet, cli, tmp_path, "ctl",
+                  supervisor={"programs": ["app"], "supervisorctl": ctl_command(fleet)})
+    app_repo.commit("v-good")
+    cli("deploy", "--hosts", "prod", check=True)
     good = fleet.hosts[0].health()["release"]
     app_repo.commit("v-crash", crash_on_import=True)
     done = cli("deploy", "--hosts", "prod")
@@ -90,11 +109,12 @@ def test_crash_through_supervisorctl_is_explained_and_rolled_back(
     assert_only_supervisorctl_under_sudo(fleet)
 
 
-def test_socket_refused_falls_back_to_sudo_rule(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
+def test_socket_refused_falls_back_to_sudo_rule(fleet: Fleet, cli: Cli, app_repo: AppRepo,
+                                                tmp_path: Path) -> None:
     """supervisorctl configured without sudo: the socket refuses (root-only), the sudo
     rule exists, so supervisorctl runs through `sudo -n`."""
-    privilege.sudo_log(fleet).unlink(missing_ok=True)
-    cli.settings(supervisor={"programs": ["app"], "supervisorctl": ctl_command(fleet, False)})
+    cli = in_mode(fleet, cli, tmp_path, "ctl",
+                  supervisor={"programs": ["app"], "supervisorctl": ctl_command(fleet, False)})
     app_repo.commit("v3")
     cli("deploy", "--hosts", "prod", check=True)
     assert fleet.hosts[0].health()["release"].endswith(app_repo.git("rev-parse", "--short=7",
@@ -102,22 +122,18 @@ def test_socket_refused_falls_back_to_sudo_rule(fleet: Fleet, cli: Cli, app_repo
     assert_only_supervisorctl_under_sudo(fleet)
 
 
-def test_no_access_at_all_is_one_clear_line(fleet: Fleet, cli: Cli) -> None:
-    cli.settings(supervisor={"programs": ["app"]})
+def test_no_access_at_all_is_one_clear_line(fleet: Fleet, cli: Cli, tmp_path: Path) -> None:
+    cli = in_mode(fleet, cli, tmp_path, "ctl", supervisor={"programs": ["app"]})
     done = cli("deploy", "--hosts", "prod", "--json", "-")
     assert done.returncode != 0
     assert "Permission denied" in done.stdout + done.stderr
     assert "no sudo rule" in done.stdout + done.stderr
 
 
-def test_become(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
+def test_become(fleet: Fleet, cli: Cli, app_repo: AppRepo, tmp_path: Path) -> None:
     """`become: true` at the top of the inventory runs the agent through sudo -n."""
-    privilege.set_mode(fleet, "become")
-    privilege.sudo_log(fleet).unlink(missing_ok=True)
-    cli.settings(supervisor={"programs": ["app"]})
-    inv = yaml.safe_load(cli.inventory.read_text())
-    inv["become"] = True
-    cli.inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
+    cli = in_mode(fleet, cli, tmp_path, "become", top={"become": True},
+                  supervisor={"programs": ["app"]})
     app_repo.commit("v4")
     done = cli("deploy", "--hosts", "prod", check=True)
     assert "deprecated" not in done.stdout + done.stderr
@@ -125,22 +141,18 @@ def test_become(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
     assert app_uid(fleet) == pwd.getpwnam(privilege.USER).pw_uid
 
 
-def test_deprecated_supervisor_sudo(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
+def test_deprecated_supervisor_sudo(fleet: Fleet, cli: Cli, app_repo: AppRepo,
+                                    tmp_path: Path) -> None:
     """`supervisor.sudo: true` still works (it means become) and warns exactly once."""
-    inv = yaml.safe_load(cli.inventory.read_text())
-    inv.pop("become", None)
-    inv["defaults"]["supervisor"] = {"programs": ["app"], "sudo": True}
-    cli.inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
+    cli = in_mode(fleet, cli, tmp_path, "become", supervisor={"programs": ["app"], "sudo": True})
     app_repo.commit("v5")
     done = cli("deploy", "--hosts", "prod", check=True)
     assert (done.stdout + done.stderr).count("supervisor.sudo is deprecated") == 1
 
 
-def test_group_socket(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
+def test_group_socket(fleet: Fleet, cli: Cli, app_repo: AppRepo, tmp_path: Path) -> None:
     """Socket chown=root:USER chmod=0770: XML-RPC as the deploy user, no sudo at all."""
-    privilege.set_mode(fleet, "group")
-    privilege.sudo_log(fleet).unlink(missing_ok=True)
-    cli.settings(supervisor={"programs": ["app"]})
+    cli = in_mode(fleet, cli, tmp_path, "group", supervisor={"programs": ["app"]})
     app_repo.commit("v6")
     cli("deploy", "--hosts", "prod", check=True)
     done = cli("verify", "--hosts", "prod", check=True)
@@ -149,10 +161,11 @@ def test_group_socket(fleet: Fleet, cli: Cli, app_repo: AppRepo) -> None:
     assert app_uid(fleet) == pwd.getpwnam(privilege.USER).pw_uid
 
 
-def test_program_of_another_user_is_said_unseen(fleet: Fleet, cli: Cli,
-                                                app_repo: AppRepo) -> None:
+def test_program_of_another_user_is_said_unseen(fleet: Fleet, cli: Cli, app_repo: AppRepo,
+                                                tmp_path: Path) -> None:
     """The program runs as `nobody`: the deploy user may not read its /proc cwd. Deploy
     and verify pass (no false alarm) and verify says what it could not see."""
+    cli = in_mode(fleet, cli, tmp_path, "group", supervisor={"programs": ["app"]})
     privilege.set_mode(fleet, "group", program_user="nobody")
     try:
         app_repo.commit("v7")

@@ -78,6 +78,9 @@ def set_mode(fleet: Fleet, mode: str, user: str = USER, program_user: str | None
     owner and mode are set only at supervisord start). The programs run as
     `program_user` (default: the deploy user; another one hides their /proc cwd)."""
     assert mode in MODES, mode
+    shape = (mode, user, program_user)
+    if getattr(fleet, "privilege_shape", None) == shape:
+        return  # already so: supervisord need not restart
     entry = ensure_user(user)
     fleet.user = user
     for path in (fleet.root, *(s.root for s in fleet.hosts),
@@ -99,6 +102,7 @@ def set_mode(fleet: Fleet, mode: str, user: str = USER, program_user: str | None
         sim._launch_supervisord()
     for sim in fleet.hosts:
         sim._wait_supervisord(deadline)
+    fleet.privilege_shape = shape  # type: ignore[attr-defined]
 
 
 def _own(top: Path, entry: pwd.struct_passwd) -> None:
