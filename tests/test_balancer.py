@@ -25,21 +25,6 @@ from tests.support.cli import Cli, inv_command
 from tests.support.fleets import make_fleet
 from tests.support.layout import current_release, release_dirs
 
-# --------------------------------------------------------------------------- pure
-
-
-
-
-
-
-
-
-
-
-
-
-# --------------------------------------------------------------------------- integration
-
 BOOT = 2.0  # seconds the sample app takes to boot, as real apps do
 
 
@@ -57,7 +42,9 @@ def fleet4() -> Iterator[Fleet]:
 
 
 @pytest.fixture(scope="module")
-def lb_cli(fleet4: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+def plain_cli(fleet4: Fleet, app_repo: AppRepo,
+              tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    """The lb fleet's inventory without a balancer: prod is web1-3, web4 is the lb."""
     inventory = tmp_path_factory.mktemp("inv") / "inventory.yaml"
     fleet4.write_inventory(inventory, groups={"prod": ["web1", "web2", "web3"],
                                               "lb": ["web4"]},
@@ -75,6 +62,18 @@ def proxy(fleet4: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[H
         haproxy.stop()
 
 
+@pytest.fixture()
+def lb_cli(plain_cli: Cli, app_repo: AppRepo, proxy: HAProxy, fleet4: Fleet,
+           tmp_path: Path) -> Cli:
+    """Every prod server serving and UP in `proxy`, and a Cli whose inventory drains
+    through it (an inventory of the test's own)."""
+    if not all(h.health() for h in prod(fleet4)) or set(proxy.statuses().values()) != {"UP"}:
+        app_repo.commit("lb-base", boot_delay=BOOT)
+        plain_cli("deploy", "--hosts", "prod", check=True)
+    assert set(proxy.wait_all_up(20).values()) == {"UP"}
+    return plain_cli.with_settings(tmp_path / "lb.yaml", balancer=balancer(str(proxy.socket)))
+
+
 def balancer(socket_path: str, **haproxy: str) -> dict:
     return {"haproxy": {"socket": socket_path, "backend": "app", "server": "{name}",
                         **haproxy},
@@ -89,10 +88,10 @@ def no_lock_left(fleet: Fleet) -> bool:
     return not any((h.deploy_to / ".deploytools" / "lock").exists() for h in prod(fleet))
 
 
-def test_first_deploy_brings_servers_up(lb_cli: Cli, app_repo: AppRepo, proxy: HAProxy,
+def test_first_deploy_brings_servers_up(plain_cli: Cli, app_repo: AppRepo, proxy: HAProxy,
                                         fleet4: Fleet) -> None:
     app_repo.commit("v1", boot_delay=BOOT)
-    lb_cli("deploy", "--hosts", "prod", check=True)
+    plain_cli("deploy", "--hosts", "prod", check=True)
     assert set(proxy.wait_all_up(20).values()) == {"UP"}
 
 
@@ -111,7 +110,6 @@ def deploy_under_load(cli: Cli, proxy: HAProxy, *args: str,
 def test_serial_deploy_with_drain_drops_nothing(lb_cli: Cli, app_repo: AppRepo,
                                                 proxy: HAProxy, fleet4: Fleet,
                                                 tmp_path: Path) -> None:
-    lb_cli.settings(balancer=balancer(str(proxy.socket)))
     app_repo.commit("v2", boot_delay=BOOT)
     report_path = tmp_path / "report.json"
     done, load = deploy_under_load(lb_cli, proxy, "--serial", "1", "--json", str(report_path))
@@ -198,20 +196,21 @@ def test_via_host_reaches_a_socket_only_it_can_see(lb_cli: Cli, app_repo: AppRep
                           socket_path=lb_host.home / "haproxy" / "admin.sock")
     try:
         private.wait_all_up(20)
-        lb_cli.settings(balancer=balancer("~/haproxy/admin.sock"))
-        refused = lb_cli("deploy", "--hosts", "prod", "--serial", "1")
+        hidden = lb_cli.with_settings(tmp_path / "hidden.yaml",
+                                      balancer=balancer("~/haproxy/admin.sock"))
+        refused = hidden("deploy", "--hosts", "prod", "--serial", "1")
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert "does not answer" in refused.stdout + refused.stderr
-        lb_cli.settings(balancer=balancer("~/haproxy/admin.sock", via="web4"))
+        via = lb_cli.with_settings(tmp_path / "via.yaml",
+                                   balancer=balancer("~/haproxy/admin.sock", via="web4"))
         app_repo.commit("v6", boot_delay=BOOT)
-        done, load = deploy_under_load(lb_cli, private, "--serial", "1", minimum=200)
+        done, load = deploy_under_load(via, private, "--serial", "1", minimum=200)
         assert done.returncode == 0, done.stdout + done.stderr
         assert load["failed"] == 0, load
         assert "drained app/web1" in done.stdout
         assert set(private.statuses().values()) == {"UP"}
     finally:
         private.stop()
-        lb_cli.settings(balancer=balancer(str(proxy.socket)))
 
 
 def test_per_host_hook_points_run_inside_each_batch(lb_cli: Cli, app_repo: AppRepo,

@@ -30,12 +30,14 @@ TAG = sys.implementation.cache_tag
 MODS = Path("sampleapp") / "mods"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def fleet2() -> Iterator[Fleet]:
+    """A fresh 2-host fleet per test (it starts in well under a second): these tests
+    assert on what the first deploy ships and on every release a host holds."""
     yield from make_fleet(2)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def icli(fleet2: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory) -> Cli:
     return cli_for(fleet2, app_repo, tmp_path_factory)
 
@@ -45,6 +47,13 @@ def deploy(cli: Cli, tmp_path: Path) -> dict:
     report = tmp_path / f"report-{time.monotonic_ns()}.json"
     cli("deploy", "--hosts", "prod", "--json", str(report), check=True)
     return json.loads(report.read_text())
+
+
+def deploy_base(cli: Cli, app_repo: AppRepo, tmp_path: Path, version: str = "base") -> dict:
+    """Commit the sample app with 40 extra modules and deploy it: the release the
+    incremental tests change."""
+    app_repo.commit(version, extra_modules=40)
+    return deploy(cli, tmp_path)
 
 
 def commit_all(repo: AppRepo, message: str) -> None:
@@ -67,8 +76,7 @@ def manifest(release: Path) -> dict:
 
 def test_a_redeploy_ships_only_what_changed_and_links_the_rest(
         icli: Cli, fleet2: Fleet, app_repo: AppRepo, tmp_path: Path) -> None:
-    app_repo.commit("v1", extra_modules=40)
-    first = deploy(icli, tmp_path)
+    first = deploy_base(icli, app_repo, tmp_path, "v1")
     olds = {h.name: release_dirs(h.deploy_to)[-1] for h in fleet2.hosts}
     sources = [p for p in manifest(olds["web1"])["files"] if p.endswith(".py")]
     compiled_once = manifest(olds["web1"])["python"]["magic"] == \
@@ -119,6 +127,7 @@ def test_an_in_place_edit_is_never_carried_into_the_next_release(
     """An edit that keeps the inode, the size and the mtime (`cp -p` over the file, or
     `rsync -t --inplace`), made after the host recorded which files are intact: the next
     release must get the shipped bytes, not the edit."""
+    deploy_base(icli, app_repo, tmp_path)
     host = fleet2.hosts[0]
     release = release_dirs(host.deploy_to)[-1]
     layout = Layout(str(host.deploy_to))
@@ -155,6 +164,7 @@ def test_bytecode_the_base_lacks_is_made_for_the_new_release(
         icli: Cli, fleet2: Fleet, app_repo: AppRepo, tmp_path: Path) -> None:
     """After `inv clear-cache` the current release has no pycs to share: the next release
     links its unchanged sources but compiles their bytecode on the host."""
+    deploy_base(icli, app_repo, tmp_path)
     icli("clear-cache", "--hosts", "prod", check=True)
     with (app_repo.path / MODS / "m0012.py").open("a") as fh:
         fh.write("\nAFTER_CLEAR = 1\n")
@@ -171,7 +181,9 @@ def test_bytecode_the_base_lacks_is_made_for_the_new_release(
 
 
 def test_deleting_old_releases_never_affects_the_current_one(
-        icli: Cli, fleet2: Fleet) -> None:
+        icli: Cli, fleet2: Fleet, app_repo: AppRepo, tmp_path: Path) -> None:
+    for number in range(3):
+        deploy_base(icli, app_repo, tmp_path, f"base{number}")
     before = health_releases(fleet2)
     for host in fleet2.hosts:
         releases = release_dirs(host.deploy_to)

@@ -115,9 +115,6 @@ def host_current(host: SimHost) -> str | None:
     return current_release(host.deploy_to)
 
 
-
-
-
 def test_symlinked_parent_of_shared_dir_touches_nothing_outside(
         cli: Cli, fleet: Fleet, app_repo: AppRepo, tmp_path: Path) -> None:
     """`public -> OUTSIDE` in the repo plus `shared.dirs: [public/uploads]`: the deploy is

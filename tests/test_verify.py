@@ -22,13 +22,16 @@ from tests.support.fleets import cli_for, deploy_broken_module, make_fleet
 from tests.support.layout import current_release, release_dirs
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def fleet2() -> Iterator[Fleet]:
+    """A fresh 2-host fleet per test (it starts in well under a second): every test
+    breaks its hosts in its own way."""
     yield from make_fleet(2)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def vcli(fleet2: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    """v1 deployed to the test's fleet."""
     cli = cli_for(fleet2, app_repo, tmp_path_factory, pyc_invalidation="timestamp")
     app_repo.commit("v1")
     cli("deploy", "--hosts", "prod", check=True)
