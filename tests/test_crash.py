@@ -20,7 +20,7 @@ from deploytools.remote.locking import start_ticks
 from deploytools.sandbox import Fleet
 from tests.support.apprepo import AppRepo
 from tests.support.cli import Background, Cli
-from tests.support.fleets import cli_for, make_fleet
+from tests.support.fleets import cli_for, deployed, make_fleet
 from tests.support.layout import current_release, health_releases, release_dirs
 
 
@@ -32,22 +32,6 @@ def fleet2() -> Iterator[Fleet]:
 @pytest.fixture(scope="module")
 def base_cli(fleet2: Fleet, app_repo: AppRepo, tmp_path_factory: pytest.TempPathFactory) -> Cli:
     return cli_for(fleet2, app_repo, tmp_path_factory)
-
-
-def with_defaults(cli: Cli, tmp_path: Path, **defaults: object) -> Cli:
-    """A Cli on a copy of the inventory with these defaults."""
-    data = yaml.safe_load(cli.inventory.read_text())
-    data["defaults"].update(defaults)
-    path = tmp_path / f"inv-{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return Cli(path)
-
-
-def deployed(cli: Cli, app_repo: AppRepo, version: str) -> str:
-    """Commit `version` and deploy it; returns the release id every host runs."""
-    app_repo.commit(version)
-    done = cli("deploy", "--hosts", "prod", "--json", "-", check=True)
-    return json.loads(done.stdout)["run"]["release_id"]
 
 
 def assert_consistent(fleet: Fleet) -> None:
@@ -71,7 +55,7 @@ def test_controller_killed_mid_step_needs_no_human(
         point: str, base_cli: Cli, fleet2: Fleet, app_repo: AppRepo, tmp_path: Path,
         background: Callable[..., Background]) -> None:
     before = deployed(base_cli, app_repo, f"before-{point}")
-    slow = with_defaults(base_cli, tmp_path, hooks={point: ["sleep 2"]})
+    slow = base_cli.with_settings(tmp_path / "slow.yaml", hooks={point: ["sleep 2"]})
     app_repo.commit(f"killed-{point}")
     killed = kill_when(background(slow, "deploy", "--hosts", "prod"), f"{point} hook")
     # at once, with no unlock: waits for the orphaned agents, then deploys
@@ -147,7 +131,7 @@ def test_second_rollback_goes_further_back_never_to_the_release_rolled_back_from
 
 def test_keep_releases_keeps_the_release_that_served_before_current(
         base_cli: Cli, fleet2: Fleet, app_repo: AppRepo, tmp_path: Path) -> None:
-    keep1 = with_defaults(base_cli, tmp_path, keep_releases=1)
+    keep1 = base_cli.with_settings(tmp_path / "keep1.yaml", keep_releases=1)
     a = deployed(keep1, app_repo, "keep-a")
     deployed(keep1, app_repo, "keep-b")
     keep1("rollback", "--hosts", "prod", check=True)  # back to a; b is newer by name
@@ -165,7 +149,7 @@ def test_sigterm_in_rollback_and_clear_cache_finishes_unlocks_and_exits_130(
         tmp_path: Path, background: Callable[..., Background]) -> None:
     deployed(base_cli, app_repo, f"term-a-{task[0]}")
     deployed(base_cli, app_repo, f"term-b-{task[0]}")
-    slow = with_defaults(base_cli, tmp_path, hooks={"after_restart": ["sleep 2"]})
+    slow = base_cli.with_settings(tmp_path / "slow.yaml", hooks={"after_restart": ["sleep 2"]})
     run = background(slow, *task, "--hosts", "prod")
     run.wait_for(lambda line: "after_restart hook" in line)
     run.proc.send_signal(signal.SIGTERM)
@@ -177,11 +161,11 @@ def test_sigterm_in_rollback_and_clear_cache_finishes_unlocks_and_exits_130(
 
 def with_host_hooks(cli: Cli, tmp_path: Path, host: str, host_hooks: dict,
                     **defaults: object) -> Cli:
-    data = yaml.safe_load(with_defaults(cli, tmp_path, **defaults).inventory.read_text())
+    own = cli.with_settings(tmp_path / f"inv-{time.monotonic_ns()}.yaml", **defaults)
+    data = yaml.safe_load(own.inventory.read_text())
     data["groups"]["prod"]["hosts"][host]["hooks"] = host_hooks
-    path = tmp_path / f"inv-host-{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return Cli(path)
+    own.inventory.write_text(yaml.safe_dump(data))
+    return own
 
 
 def test_run_once_hook_moves_to_a_healthy_host_when_its_host_fails_prepare(
@@ -202,7 +186,7 @@ def test_run_once_hook_moves_to_a_healthy_host_when_its_host_fails_prepare(
 def test_a_failed_run_once_hook_stops_the_run_whatever_max_failures_allows(
         base_cli: Cli, fleet2: Fleet, app_repo: AppRepo, tmp_path: Path) -> None:
     before = deployed(base_cli, app_repo, "run-once-base")
-    cli = with_defaults(base_cli, tmp_path, hooks={"after_prepare": [
+    cli = base_cli.with_settings(tmp_path / "run-once.yaml", hooks={"after_prepare": [
         {"run": 'test "{name}" != web1', "run_once": True}]})
     app_repo.commit("run-once-fails")
     done = cli("deploy", "--hosts", "prod", "--max-failures", "1", "--json", "-")

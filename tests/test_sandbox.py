@@ -93,8 +93,9 @@ def start_app(sims: list[SimHost]) -> None:
         assert proc.returncode == 0 or "already started" in out, out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def fleet() -> Iterator[Fleet]:
+    """A fresh fleet per test (0.2 s to start): some tests stop or freeze its daemons."""
     yield from make_fleet(2)
 
 
