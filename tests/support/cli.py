@@ -71,13 +71,6 @@ class Cli:
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return Cli(path)
 
-    def settings(self, **overrides: object) -> Path:
-        """Rewrite the inventory's defaults (deep keys replaced whole)."""
-        data = yaml.safe_load(self.inventory.read_text())
-        data["defaults"].update(overrides)
-        self.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
-        return self.inventory
-
 
 class Background:
     """An `inv` run in the background whose output can be waited on line by line."""
