@@ -209,8 +209,6 @@ HookRequest = Union[Prepare, Activate, Hooks]  # the requests that run shell hoo
 REQUESTS: Dict[str, Type[Request]] = {cls.op: cls for cls in (
     Preflight, Prepare, Activate, Hooks, Verify, ResolveRollback, Finish, Releases,
     ClearCache, Unlock)}
-MUTATING_OPS = frozenset(op for op, cls in REQUESTS.items() if cls.mutating)
-LOCKED_OPS = frozenset(op for op, cls in REQUESTS.items() if cls.locked)
 
 
 def parse_request(wire: Dict[str, Any]) -> Request:
