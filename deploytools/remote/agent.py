@@ -243,54 +243,10 @@ def op_prepare(req: protocol.Prepare, stream: BinaryIO) -> Dict[str, Any]:
     timings: Dict[str, float] = {}
     result: Dict[str, Any] = {"release": release_id, "timings": timings}
     try:
-        started = time.time()
-        base = choose_base(layout)
-        base_manifest = (layout.manifest(base) or {}) if base else {}
-        base_files = intact_files(layout, base, base_manifest) if base else {}
-        timings["base"] = round(time.time() - started, 3)
-        plan = ask({"base": base, "files": base_files}, stream)
-        started = time.time()
-        removed = set(plan["removed"])
-        files = {p: d for p, d in base_files.items() if p not in removed}
-        files.update(plan["changed"])
-        if files_digest(files) != plan["digest"]:
-            raise AgentError("assembled manifest does not match the artifact (internal error)")
-        os.makedirs(partial)
-        linked_paths = set(files) - plan["changed"].keys()  # empty without a base
-        linked = link_unchanged(layout.release(base), partial, linked_paths) if base else 0
-        count, size = extract(stream, int(plan["archive_size"]), partial)
-        shipped_pycs = extract(stream, int(stream.readline()), partial)[0] \
-            if plan.get("pycs_follow") else 0
-        timings["transfer"] = round(time.time() - started, 3)
-        result.update(files=len(files), linked=linked, received=count, bytes=size,
-                      base=base, shipped_pycs=shipped_pycs)
-        event("%d files: %d received (%d bytes), %d linked from %s" % (
-            len(files), count, size, linked, base or "no previous release"))
-        manifest = dict(req.manifest, files=files)
-        with open(os.path.join(partial, "REVISION"), "w") as fh:
-            fh.write(str(manifest.get("revision") or "") + "\n")
-        manifest["shared_paths"] = build.link_shared(partial, layout.shared,
-                                                     req.shared or {})
-        if req.venv:
-            started = time.time()
-            result["venv"] = build.ensure_venv(partial, layout.shared, req.venv, event)
-            manifest["venv"] = result["venv"]["key"]
-            timings["venv"] = round(time.time() - started, 3)
-        started = time.time()
-        own_files = {p: d for p, d in files.items()  # shared paths are links: not ours
-                     if not in_shared(p, manifest["shared_paths"])}
-        compiled = apply_bytecode(partial, req, own_files, linked_paths,
-                                  layout.release(base) if base else None, base_manifest)
-        timings["bytecode"] = round(time.time() - started, 3)
-        manifest["python"] = python_facts()
-        manifest["bytecode"] = dict(compiled, mode=req.bytecode,
-                                    invalidation=req.pyc_invalidation,
-                                    magic=manifest["python"]["magic"],
-                                    cache_tag=manifest["python"]["cache_tag"])
-        result["bytecode"] = manifest["bytecode"]
-        os.makedirs(os.path.join(partial, META_DIR), exist_ok=True)
-        with open(os.path.join(partial, META_DIR, MANIFEST), "w") as fh:
-            json.dump(manifest, fh, indent=1, sort_keys=True)
+        base, base_manifest, files, linked_paths = receive_files(layout, partial, stream,
+                                                                 result)
+        manifest = build_release(layout, partial, req, files, linked_paths, base,
+                                 base_manifest, result)
         os.rename(partial, final)
         locking.note(layout.deploy_to, prepared=release_id)
         layout.write_state(release_id, **{k: manifest.get(k) for k in SUMMARY_KEYS})
@@ -302,6 +258,71 @@ def op_prepare(req: protocol.Prepare, stream: BinaryIO) -> Dict[str, Any]:
             raise AgentError(str(exc)) from None
         raise
     return result
+
+
+def receive_files(layout: Layout, partial: str, stream: BinaryIO, result: Dict[str, Any]
+                  ) -> "tuple[Optional[str], Dict[str, Any], Dict[str, str], set[str]]":
+    """Prepare's transfer: pick the base release, ask the controller for the difference
+    from it, hard-link the unchanged files and unpack the sent ones (and shipped pycs)
+    into `partial`. Returns the base, its manifest, the new file list and the linked paths."""
+    timings = result["timings"]
+    started = time.time()
+    base = choose_base(layout)
+    base_manifest = (layout.manifest(base) or {}) if base else {}
+    base_files = intact_files(layout, base, base_manifest) if base else {}
+    timings["base"] = round(time.time() - started, 3)
+    plan = ask({"base": base, "files": base_files}, stream)
+    started = time.time()
+    removed = set(plan["removed"])
+    files = {p: d for p, d in base_files.items() if p not in removed}
+    files.update(plan["changed"])
+    if files_digest(files) != plan["digest"]:
+        raise AgentError("assembled manifest does not match the artifact (internal error)")
+    os.makedirs(partial)
+    linked_paths = set(files) - plan["changed"].keys()  # empty without a base
+    linked = link_unchanged(layout.release(base), partial, linked_paths) if base else 0
+    count, size = extract(stream, int(plan["archive_size"]), partial)
+    shipped_pycs = extract(stream, int(stream.readline()), partial)[0] \
+        if plan.get("pycs_follow") else 0
+    timings["transfer"] = round(time.time() - started, 3)
+    result.update(files=len(files), linked=linked, received=count, bytes=size,
+                  base=base, shipped_pycs=shipped_pycs)
+    event("%d files: %d received (%d bytes), %d linked from %s" % (
+        len(files), count, size, linked, base or "no previous release"))
+    return base, base_manifest, files, linked_paths
+
+
+def build_release(layout: Layout, partial: str, req: protocol.Prepare, files: Dict[str, str],
+                  linked_paths: "set[str]", base: Optional[str], base_manifest: Dict[str, Any],
+                  result: Dict[str, Any]) -> Dict[str, Any]:
+    """Prepare's build, in `partial`: REVISION, shared links, the virtualenv, bytecode,
+    and the release's manifest written last. Returns the manifest."""
+    timings = result["timings"]
+    manifest = dict(req.manifest, files=files)
+    with open(os.path.join(partial, "REVISION"), "w") as fh:
+        fh.write(str(manifest.get("revision") or "") + "\n")
+    manifest["shared_paths"] = build.link_shared(partial, layout.shared, req.shared or {})
+    if req.venv:
+        started = time.time()
+        result["venv"] = build.ensure_venv(partial, layout.shared, req.venv, event)
+        manifest["venv"] = result["venv"]["key"]
+        timings["venv"] = round(time.time() - started, 3)
+    started = time.time()
+    own_files = {p: d for p, d in files.items()  # shared paths are links: not ours
+                 if not in_shared(p, manifest["shared_paths"])}
+    compiled = apply_bytecode(partial, req, own_files, linked_paths,
+                              layout.release(base) if base else None, base_manifest)
+    timings["bytecode"] = round(time.time() - started, 3)
+    manifest["python"] = python_facts()
+    manifest["bytecode"] = dict(compiled, mode=req.bytecode,
+                                invalidation=req.pyc_invalidation,
+                                magic=manifest["python"]["magic"],
+                                cache_tag=manifest["python"]["cache_tag"])
+    result["bytecode"] = manifest["bytecode"]
+    os.makedirs(os.path.join(partial, META_DIR), exist_ok=True)
+    with open(os.path.join(partial, META_DIR, MANIFEST), "w") as fh:
+        json.dump(manifest, fh, indent=1, sort_keys=True)
+    return manifest
 
 
 SUMMARY_KEYS = ("revision", "ref", "created_at", "deployed_by")

@@ -147,7 +147,8 @@ def test_the_scan_finds_hand_spelled_requests(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------- the real agent
 
-INTERPRETERS = ["/work/main/.venv/bin/python", "/usr/bin/pypy3"]
+INTERPRETERS = ["/work/main/.venv/bin/python", "/usr/bin/pypy3",
+                "/root/.pyenv/versions/3.8.18/bin/python"]  # the oldest supported
 
 
 @pytest.mark.parametrize("python", INTERPRETERS, ids=os.path.basename)
