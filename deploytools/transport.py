@@ -32,9 +32,9 @@ from deploytools.inventory import Host
 from deploytools.remote.protocol import Request
 from deploytools.ssh import Held, connect, release_jumps
 
-REMOTE_MODULES = (
-    "bytecode", "health", "releases", "intact", "processes", "locking", "supervisor",
-    "supervisorctl", "hooks", "build", "verify", "protocol", "agent",
+REMOTE_MODULES = (  # in load order: a module's imports come before it
+    "protocol", "bytecode", "health", "releases", "intact", "processes", "locking", "supervisor",
+    "supervisorctl", "hooks", "build", "verify", "agent",
 )
 
 AGENT_CACHE_MISS = 75  # the bootstrap's exit status when the host lacks this agent

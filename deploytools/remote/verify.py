@@ -10,12 +10,15 @@ import hashlib
 import importlib.util
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
-from deploytools.remote import bytecode, health, processes
+from deploytools.remote import bytecode, health, processes, protocol
 from deploytools.remote.intact import sha256
 from deploytools.remote.releases import META_DIR, Layout, in_shared
 from deploytools.remote.supervisor import connect
+
+# inv verify, and --skip-unchanged's preflight, carry the checks' inputs
+Checks = Union[protocol.Verify, protocol.Preflight]
 
 FIX_RESTART = "restart from the current release: `inv clear-cache --restart` or `inv deploy`"
 FIX_REDEPLOY = "redeploy: `inv deploy` (a release must never be edited in place)"
@@ -29,7 +32,7 @@ def row(check: str, ok: bool, detail: str, evidence: Any = None,
             "fix": None if ok else fix}
 
 
-def verify(req: Any) -> Dict[str, Any]:
+def verify(req: Checks) -> Dict[str, Any]:
     layout = Layout(req.deploy_to)
     rows: List[Dict[str, Any]] = []
     release_id = layout.current_id()
@@ -187,7 +190,7 @@ def check_bytecode(release_dir: str, source_hashes: Dict[str, bytes]) -> Dict[st
 
 
 def check_processes(layout: Layout, release_id: str,
-                    req: Any) -> List[Dict[str, Any]]:
+                    req: Checks) -> List[Dict[str, Any]]:
     """Each supervised process by the freshness rule (processes.judge), then every other
     process that still runs another release's code."""
     try:
@@ -238,7 +241,7 @@ def check_strays(layout: Layout, release_id: str) -> Dict[str, Any]:
     return row("old code", True, "no process runs another release's code%s" % note, evidence)
 
 
-def check_health(layout: Layout, release_id: str, req: Any) -> Dict[str, Any]:
+def check_health(layout: Layout, release_id: str, req: Checks) -> Dict[str, Any]:
     """The configured expectation (expect_status / expect_json / expect_text) with the
     placeholders of the current release: the same rule as the deploy's check."""
     spec = health.expand_placeholders(req.health,
