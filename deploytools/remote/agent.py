@@ -5,10 +5,11 @@ serving every request in order), so that a multi-step phase (preflight + lock, o
 switch + restart + health check + rollback) costs one round trip on a warm process,
 and so that bytecode is judged by the interpreter that will import it. The protocol
 on stdin, after the bootstrap has loaded the modules, is a sequence of
-``<length>\\n<zlib json request>`` frames, `prepare`'s followed by the artifact
+``<length>\\n<zlib json request>`` frames (their fields: remote/protocol.py, parsed
+strictly), `prepare`'s followed by the artifact
 stream once the controller has answered its question. On stdout every line is JSON:
 ``{"event": "..."}`` for progress, an optional ``{"ask": ...}``, then exactly one
-``{"result": ...}`` or ``{"error": ..., "kind": ...}`` per request.
+``{"result": ...}`` or ``{"error": {"message", "kind", "ends_session"}}`` per request.
 """
 
 from __future__ import annotations
