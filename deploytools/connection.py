@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from deploytools import access
 from deploytools.inventory import Host
+from deploytools.remote.protocol import Request
 from deploytools.transport import AgentCall, Answer, HostConnection
 
 
@@ -33,7 +34,7 @@ class Connection(Protocol):
 
     def start_agent(self) -> None: ...
 
-    def call(self, request: dict[str, Any], on_event: Callable[[str], None] | None = None,
+    def call(self, request: Request, on_event: Callable[[str], None] | None = None,
              timeout: float | None = None, answer: Answer | None = None) -> AgentCall: ...
 
     def close(self) -> None: ...

@@ -22,6 +22,7 @@ from deploytools.errors import ConfigError, RemoteError
 from deploytools.fleetrun import FleetRun, RunResult
 from deploytools.hoststate import DONE, FAILED, HEALTHY, LOCK_HELD, UNREACHABLE, HostRun
 from deploytools.inventory import Host, normalise_path
+from deploytools.remote import protocol
 from deploytools.sources import resolve_revision
 
 # =========================================================================== releases
@@ -33,8 +34,7 @@ def list_releases(hosts: list[Host], console: Console,
     with FleetRun("releases", hosts, console, connector=connector) as fleet:
         def read(run: HostRun) -> None:
             steps.connect(run)
-            result = steps.call(run, {"op": "releases", "deploy_to": run.host.deploy_to},
-                                console)
+            result = steps.call(run, protocol.Releases(deploy_to=run.host.deploy_to), console)
             run.facts.update(result)
             run.release = result["current"]
             run.state = DONE
@@ -192,8 +192,8 @@ def clear_cache(hosts: list[Host], console: Console, *, path: str | None = None,
 
 def clear_host(run: HostRun, console: Console, path: str | None, restart: bool,
                include_venv: bool) -> None:
-    result = steps.call(run, {"op": "clear_cache", "deploy_to": run.host.deploy_to,
-                              "path": path, "include_venv": include_venv}, console)
+    result = steps.call(run, protocol.ClearCache(deploy_to=run.host.deploy_to, path=path,
+                                                  include_venv=include_venv), console)
     run.facts["cleared"] = result
     if restart:
         if not run.previous:
@@ -213,9 +213,9 @@ def unlock(hosts: list[Host], console: Console, *, force: bool = False,
     with FleetRun("unlock", hosts, console, connector=connector) as fleet:
         def release(run: HostRun) -> None:
             steps.connect(run)
-            result = steps.call(run, {"op": "unlock", "deploy_to": run.host.deploy_to,
-                                      "force": force,
-                                      "stale_after": run.host.settings["lock_expiry"]}, console)
+            result = steps.call(run, protocol.Unlock(
+                deploy_to=run.host.deploy_to, force=force,
+                stale_after=run.host.settings["lock_expiry"]), console)
             owner = result["owner"]
             run.state = DONE
             if owner is None:

@@ -8,6 +8,7 @@ deploy and rollback, operations.py for the others), inside one `FleetRun`.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import importlib.util
 import os
@@ -36,6 +37,7 @@ from deploytools.hoststate import (
     UNCHANGED,
     HostRun,
 )
+from deploytools.remote import protocol
 from deploytools.rollout import in_parallel
 from deploytools.transport import AgentCall, Answer, Upload
 
@@ -87,19 +89,13 @@ def check_and_lock(run: HostRun, console: Console, owner: dict[str, Any] | None,
     if run.conn is None:
         connect(run)
     settings = run.host.settings
-    request: dict[str, Any] = {
-        "op": "preflight",
-        "deploy_to": run.host.deploy_to,
-        "supervisor": settings["supervisor"],
-        "programs": settings["supervisor"]["programs"],
-        "min_free_mb": 3 * need_bytes // (1024 * 1024) + 1,
-        "shared": settings["shared"],
-        "read_only": run.dry_run,
-    }
-    if owner:
-        # a run whose controller vanished finishes its step within its own limit
-        request["lock"] = {"owner": owner, "wait": lock_wait, "expiry": settings["lock_expiry"],
-                           "orphan_wait": float(settings["ssh"]["command_timeout"]) + 10}
+    # a run whose controller vanished finishes its step within its own limit
+    lock = {"owner": owner, "wait": lock_wait, "expiry": settings["lock_expiry"],
+            "orphan_wait": float(settings["ssh"]["command_timeout"]) + 10} if owner else None
+    request = protocol.Preflight(
+        deploy_to=run.host.deploy_to, supervisor=settings["supervisor"],
+        min_free_mb=3 * need_bytes // (1024 * 1024) + 1, shared=settings["shared"],
+        read_only=run.dry_run, lock=lock)
     result = call(run, request, console)
     run.facts["python"] = result["python"]
     run.facts["releases"] = result["releases"]
@@ -146,7 +142,7 @@ def describe_lock_holder(holder: dict[str, Any]) -> str:
 
 
 def unlock_host(run: HostRun, console: Console) -> None:
-    call(run, {"op": "unlock", "deploy_to": run.host.deploy_to, "token": run.lock_token},
+    call(run, protocol.Unlock(deploy_to=run.host.deploy_to, token=run.lock_token),
          console, quiet=True)
     run.lock_token = None
 
@@ -164,19 +160,18 @@ def prepare(run: HostRun, console: Console, artifact: Artifact, run_once_here: b
     """
     step_started = time.monotonic()
     settings = run.host.settings
-    request = {
-        "op": "prepare",
-        "deploy_to": run.host.deploy_to,
-        "release_id": artifact.release_id,
-        "manifest": {k: v for k, v in artifact.manifest.items() if k != "files"},
-        "file_count": len(artifact.files),
-        "artifact_size": artifact.size,
-        "bytecode": settings["bytecode"],
-        "pyc_invalidation": settings["pyc_invalidation"],
-        "shared": settings["shared"],
-        "venv": settings.get("venv"),
+    request = protocol.Prepare(
+        deploy_to=run.host.deploy_to,
+        release_id=artifact.release_id,
+        manifest={k: v for k, v in artifact.manifest.items() if k != "files"},
+        file_count=len(artifact.files),
+        artifact_size=artifact.size,
+        bytecode=settings["bytecode"],
+        pyc_invalidation=settings["pyc_invalidation"],
+        shared=settings["shared"],
+        venv=settings.get("venv"),
         **hook_context(run, run_once_here),
-    }
+    )
 
     def send_difference(question: dict[str, Any]) -> tuple[dict[str, Any], Upload | None]:
         changed, removed = artifact.delta(question["files"])
@@ -223,8 +218,8 @@ def activate(run: HostRun, console: Console, release_id: str, *, fallback: str |
              mark_failed: bool = True, action: str = "deploy", run_once_here: bool = False) -> None:
     """Switch, restart, health-check on the host; on failure it switches back itself."""
     step_started = time.monotonic()
-    request = activation_request(run, release_id, fallback or run.previous, mark_failed)
-    request.update(action=action, **hook_context(run, run_once_here))
+    request = activation_request(run, release_id, fallback or run.previous, mark_failed,
+                                 action, run_once_here)
     fire_local("before_restart", run, release_id, console)  # leaves rotation (may veto)
     result = call(run, request, console)
     lb.availability(run).unavailable = lb.unavailable_seconds(result)
@@ -234,28 +229,25 @@ def activate(run: HostRun, console: Console, release_id: str, *, fallback: str |
                run.release, console)
 
 
-def activation_request(run: HostRun, target: str, fallback: str | None,
-                       mark_failed: bool) -> dict[str, Any]:
+def activation_request(run: HostRun, target: str, fallback: str | None, mark_failed: bool,
+                       action: str, run_once_here: bool) -> protocol.Activate:
     settings = run.host.settings
-    return {
-        "op": "activate",
-        "deploy_to": run.host.deploy_to,
-        "target": target,
-        "fallback": fallback if fallback != target else None,
-        "mark_failed": mark_failed,
-        "supervisor": settings["supervisor"],
-        "programs": settings["supervisor"]["programs"],
-        "health": settings["health"],
-    }
+    return protocol.Activate(
+        deploy_to=run.host.deploy_to,
+        target=target,
+        fallback=fallback if fallback != target else None,
+        mark_failed=mark_failed,
+        supervisor=settings["supervisor"],
+        health=settings["health"],
+        action=action,
+        **hook_context(run, run_once_here),
+    )
 
 
 def hook_context(run: HostRun, run_once_here: bool) -> dict[str, Any]:
     """What the agent needs to run hooks and fill placeholders for this host."""
-    return {
-        "hooks": run.host.settings["hooks"],
-        "run_once_here": run_once_here,
-        "values": host_values(run),
-    }
+    return dict(hooks=run.host.settings["hooks"], run_once_here=run_once_here,
+                values=host_values(run))
 
 
 def host_values(run: HostRun) -> dict[str, str]:
@@ -270,8 +262,8 @@ def run_hook_point(run: HostRun, console: Console, point: str, release_id: str,
                    run_once_here: bool) -> None:
     """A fleet-wide hook phase: the host's shell hooks, then the controller's Python ones."""
     if run.host.get(f"hooks.{point}"):
-        request = {"op": "hooks", "deploy_to": run.host.deploy_to, "point": point,
-                   "release_id": release_id, **hook_context(run, run_once_here)}
+        request = protocol.Hooks(deploy_to=run.host.deploy_to, point=point,
+                                 release_id=release_id, **hook_context(run, run_once_here))
         run.facts.setdefault("hooks", []).extend(call(run, request, console)["hooks"])
     fire_local(point, run, release_id, console)
 
@@ -319,8 +311,10 @@ def skip_if_unchanged(run: HostRun, console: Console, revision: str) -> None:
     """--skip-unchanged: a host already on `revision` that passes every verify check is
     left alone (never locked). All hosts are asked at once; the rest go on to lock."""
     step_started = time.monotonic()
-    request = dict(verify_request(run, None), op="preflight", read_only=True,
-                   unchanged_if=revision)
+    checks = verify_request(run, None)
+    request = protocol.Preflight(
+        deploy_to=checks.deploy_to, supervisor=checks.supervisor, health=checks.health,
+        values=checks.values, read_only=True, unchanged_if=revision)
     result = call(run, request, console)
     run.timings["check"] = time.monotonic() - step_started
     if result.get("unchanged"):
@@ -328,24 +322,18 @@ def skip_if_unchanged(run: HostRun, console: Console, revision: str) -> None:
         run.state = UNCHANGED
 
 
-def verify_request(run: HostRun, expect: str | None) -> dict[str, Any]:
+def verify_request(run: HostRun, expect: str | None) -> protocol.Verify:
     """What the agent's proof checks need (inv verify, and --skip-unchanged's question)."""
     settings = run.host.settings
-    return {
-        "op": "verify",
-        "deploy_to": run.host.deploy_to,
-        "expect": expect,
-        "supervisor": settings["supervisor"],
-        "programs": settings["supervisor"]["programs"],
-        "health": settings["health"],
-        "values": host_values(run),
-    }
+    return protocol.Verify(deploy_to=run.host.deploy_to, expect=expect,
+                           supervisor=settings["supervisor"], health=settings["health"],
+                           values=host_values(run))
 
 
 
 def roll_back_host(run: HostRun, console: Console, to: str | None) -> None:
-    target = call(run, {"op": "resolve_rollback", "deploy_to": run.host.deploy_to, "to": to},
-                  console)["target"]
+    target = protocol.ResolveRollbackResult.from_wire(call(
+        run, protocol.ResolveRollback(deploy_to=run.host.deploy_to, to=to), console)).target
     console.host(run.name, f"rolling back {run.previous} -> {target}")
     activate(run, console, target, fallback=run.previous, mark_failed=False, action="rollback")
 
@@ -358,17 +346,16 @@ def wrap_up(run: HostRun, console: Console, action: str, run_id: str,
     """History line, cleanup of old releases (or of this run's unused one) and unlock."""
     if not run.lock_token or run.conn is None:
         return
-    request: dict[str, Any] = {
-        "op": "finish",
-        "deploy_to": run.host.deploy_to,
-        "lock_token": run.lock_token,
-        "history": history_entry(run, action, run_id),
-        "record_intact": action == "deploy",  # the next deploy's base, in the background
-    }
+    request = protocol.Finish(
+        deploy_to=run.host.deploy_to,
+        lock_token=run.lock_token,
+        history=history_entry(run, action, run_id),
+        record_intact=action == "deploy",  # the next deploy's base, in the background
+    )
     if run.state == HEALTHY:
-        request["keep_releases"] = run.host.settings["keep_releases"]
+        request.keep_releases = run.host.settings["keep_releases"]
     elif release_id and run.release != release_id and run.state in (FAILED, SKIPPED):
-        request["discard_release"] = release_id
+        request.discard_release = release_id
     result = call(run, request, console, quiet=True)
     if result.get("removed"):
         console.host(run.name, f"removed old releases {', '.join(result['removed'])}")
@@ -392,13 +379,13 @@ def history_entry(run: HostRun, action: str, run_id: str) -> dict[str, Any]:
 # =========================================================================== agent calls
 
 
-def call(run: HostRun, request: dict[str, Any], console: Console, quiet: bool = False,
+def call(run: HostRun, request: protocol.Request, console: Console, quiet: bool = False,
          answer: Answer | None = None) -> dict[str, Any]:
     """One agent call on this host's connection; progress lines are prefixed with the host."""
     assert run.conn is not None
-    if run.lock_token and not run.dry_run and "deploy_to" in request:
+    if run.lock_token and not run.dry_run:
         # the host refuses changes from a run that no longer holds its lock
-        request = dict(request, lock_token=run.lock_token)
+        request = dataclasses.replace(request, lock_token=run.lock_token)
     on_event: Callable[[str], None] | None = None
     if not quiet:
         def on_event(message: str) -> None:

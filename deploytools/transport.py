@@ -29,10 +29,11 @@ from fabric import Connection
 from deploytools import access
 from deploytools.errors import ConfigError, RemoteError, UnreachableError
 from deploytools.inventory import Host
+from deploytools.remote.protocol import Request
 from deploytools.ssh import Held, connect, release_jumps
 
-REMOTE_MODULES = (
-    "bytecode", "health", "releases", "intact", "processes", "locking", "supervisor",
+REMOTE_MODULES = (  # in load order: a module's imports come before it
+    "protocol", "bytecode", "health", "releases", "intact", "processes", "locking", "supervisor",
     "supervisorctl", "hooks", "build", "verify", "agent",
 )
 
@@ -166,7 +167,7 @@ class HostConnection:
 
     def call(
         self,
-        request: dict[str, Any],
+        request: Request,
         on_event: Callable[[str], None] | None = None,
         timeout: float | None = None,
         answer: Answer | None = None,
@@ -179,26 +180,26 @@ class HostConnection:
         it has); the answer's frame and its upload follow on the same channel.
         """
         ssh = self.host.settings["ssh"]
-        request = dict(request, time_limit=float(ssh["command_timeout"]),
-                       streams=answer is not None)
+        wire = dict(request.to_wire(), time_limit=float(ssh["command_timeout"]),
+                    streams=answer is not None)
         deadline = timeout or float(ssh["command_timeout"]) + 15
-        call, status = self._exchange(request, on_event, answer, deadline)
+        call, status = self._exchange(request.op, wire, on_event, answer, deadline)
         if status == AGENT_CACHE_MISS and call.result is None and call.error is None:
             # The host lacks this agent version: send it inline (it caches it for next time).
             self._send_agent = True
-            call, status = self._exchange(request, on_event, answer, deadline)
+            call, status = self._exchange(request.op, wire, on_event, answer, deadline)
         if call.result is None and call.error is None:
             raise RemoteError(self.host.name, self._no_result(status, call.stderr))
         return call
 
-    def _exchange(self, request: dict[str, Any], on_event: Callable[[str], None] | None,
+    def _exchange(self, op: str, wire: dict[str, Any], on_event: Callable[[str], None] | None,
                   answer: Answer | None, deadline: float) -> tuple[AgentCall, int | None]:
         """One request and its reply on the session; the exit status if the agent ended."""
         channel = self._session(deadline)
         self.requests += 1
         try:
             channel.settimeout(deadline)
-            self._send(channel, [frame(request)], None)
+            self._send(channel, [frame(wire)], None)
 
             def reply(question: dict[str, Any]) -> None:
                 assert answer is not None
@@ -210,7 +211,7 @@ class HostConnection:
             self._end_session()
             raise UnreachableError(
                 self.host.name, f"timed out: no answer for {deadline:.0f}s during "
-                f"{request['op']} (host hung or overloaded; its state may be mid-step)") from None
+                f"{op} (host hung or overloaded; its state may be mid-step)") from None
         except BaseException:
             self._end_session()  # a half-read reply would desynchronise the next request
             raise

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from deploytools.inventory import load_inventory
+from deploytools.remote import protocol
 from deploytools.sandbox import Fleet, SimHost
 from deploytools.transport import HostConnection, agent_digest
 from tests.support.apprepo import AppRepo
@@ -274,7 +275,7 @@ def test_one_agent_session_serves_a_run_and_a_dead_one_is_replaced(
     conn = HostConnection(host)
     conn.open()
     try:
-        request = {"op": "releases", "deploy_to": host.deploy_to}
+        request = protocol.Releases(deploy_to=host.deploy_to)
         first = conn.call(request).result
         # 1 command (2 when this agent version first meets the host: a retry, inline)
         commands, requests = conn.commands, conn.requests

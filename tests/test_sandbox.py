@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from deploytools.inventory import load_inventory
+from deploytools.remote import protocol
 from deploytools.sandbox import Fleet, SimHost, start_fleet, write_sample_app
 from deploytools.transport import HostConnection
 from tests.support.fleets import make_fleet, require_sshd
@@ -272,7 +273,7 @@ def test_stop_ends_agent_sessions_left_behind(tmp_path: Path) -> None:
     conn = HostConnection(host)
     try:
         conn.open()
-        conn.call({"op": "releases", "deploy_to": host.deploy_to})
+        conn.call(protocol.Releases(deploy_to=host.deploy_to))
         sessions = fleet._leftover_pids()
         assert sessions, "the agent session runs with the host's $HOME"
         fleet.stop()

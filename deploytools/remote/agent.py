@@ -5,10 +5,11 @@ serving every request in order), so that a multi-step phase (preflight + lock, o
 switch + restart + health check + rollback) costs one round trip on a warm process,
 and so that bytecode is judged by the interpreter that will import it. The protocol
 on stdin, after the bootstrap has loaded the modules, is a sequence of
-``<length>\\n<zlib json request>`` frames, `prepare`'s followed by the artifact
+``<length>\\n<zlib json request>`` frames (their fields: remote/protocol.py, parsed
+strictly), `prepare`'s followed by the artifact
 stream once the controller has answered its question. On stdout every line is JSON:
 ``{"event": "..."}`` for progress, an optional ``{"ask": ...}``, then exactly one
-``{"result": ...}`` or ``{"error": ..., "kind": ...}`` per request.
+``{"result": ...}`` or ``{"error": {"message", "kind", "ends_session"}}`` per request.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 import zlib
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional
 
-from deploytools.remote import build, bytecode, health, hooks, locking, processes, verify
+from deploytools.remote import build, bytecode, health, hooks, locking, processes, protocol, verify
 from deploytools.remote.bytecode import pyc_path
 from deploytools.remote.health import expand_placeholders
 from deploytools.remote.intact import intact_files, record_intact
@@ -34,7 +35,9 @@ from deploytools.remote.supervisor import SupervisorError, connect
 
 
 class AgentError(Exception):
-    """A failure to report as one line; `kind` lets the controller map it."""
+    """A failure to report as one line. `kind` (one of protocol.ERROR_KINDS) travels in
+    the error answer for logs and tests; the agent itself acts on "timeout" (the
+    session ends), the controller shows the message and acts on `ends_session`."""
 
     def __init__(self, message: str, kind: str = "failed") -> None:
         super().__init__(message)
@@ -90,7 +93,7 @@ def python_facts() -> Dict[str, Any]:
 # --------------------------------------------------------------------------- ops
 
 
-def op_preflight(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+def op_preflight(req: protocol.Preflight, stream: BinaryIO) -> Dict[str, Any]:
     """Check everything a deploy needs, then take the lock if asked and all is well.
 
     With `read_only` (inv check, --dry-run) nothing is created and no lock is taken; the
@@ -98,8 +101,8 @@ def op_preflight(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     host whose current release has that revision and passes every verify check is
     reported `unchanged` and not locked: it will not be touched.
     """
-    layout = Layout(req["deploy_to"])
-    read_only = bool(req.get("read_only"))
+    layout = Layout(req.deploy_to)
+    read_only = bool(req.read_only)
     problems: List[str] = []
     result: Dict[str, Any] = {"python": python_facts()}
     problem = check_writable(layout, read_only)
@@ -109,20 +112,20 @@ def op_preflight(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
         stat = os.statvfs(nearest_existing(layout.deploy_to))
         free_mb = stat.f_bavail * stat.f_frsize // (1024 * 1024)
         result["disk_free_mb"] = free_mb
-        need = int(req.get("min_free_mb") or 0)
+        need = int(req.min_free_mb or 0)
         if free_mb < need:
             problems.append("only %d MB free under %s (need about %d MB)"
                             % (free_mb, layout.deploy_to, need))
     except OSError:
         pass
-    for path in build.missing_shared_files(layout.shared, req.get("shared") or {}):
+    for path in build.missing_shared_files(layout.shared, req.shared or {}):
         problems.append("shared file %s is missing (create it on the host before deploying)"
                         % path)
-    if req.get("supervisor"):
+    if req.supervisor:
         try:
-            sup = connect(req["supervisor"], timeout=10)
+            sup = connect(req.supervisor, timeout=10)
             sup.ping()
-            result["programs"] = sup.expand(list(req.get("programs") or []))
+            result["programs"] = sup.expand(list(req.supervisor.get("programs") or []))
         except (SupervisorError, OSError) as exc:
             problems.append(str(exc))
         except Exception as exc:  # xmlrpc faults
@@ -130,10 +133,10 @@ def op_preflight(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     result["current"] = layout.current_id()
     result["releases"] = layout.describe()
     result["problems"] = problems
-    if req.get("unchanged_if") and not problems and is_unchanged(layout, req):
+    if req.unchanged_if and not problems and is_unchanged(layout, req):
         result["unchanged"] = True
         return result
-    lock = req.get("lock")
+    lock = req.lock
     if read_only:
         result["lock"] = {"acquired": False, "holder": lock_holder(layout, lock or {})}
     elif lock and not problems:
@@ -166,16 +169,16 @@ def check_writable(layout: Layout, read_only: bool) -> Optional[str]:
     return None
 
 
-def is_unchanged(layout: Layout, req: Dict[str, Any]) -> bool:
+def is_unchanged(layout: Layout, req: protocol.Preflight) -> bool:
     current = layout.current_id()
     manifest = layout.manifest(current) if current else None
-    if not manifest or manifest.get("revision") != req["unchanged_if"] or layout.failure(current):
+    if not manifest or manifest.get("revision") != req.unchanged_if or layout.failure(current):
         return False
     checks = verify.verify(req)["checks"]
     failed = [c for c in checks if not c["ok"]]
     if failed:
         event("on revision %s but %s: redeploying" % (
-            str(req["unchanged_if"])[:12], "; ".join(c["detail"] for c in failed[:2])))
+            str(req.unchanged_if)[:12], "; ".join(c["detail"] for c in failed[:2])))
         return False
     event("already on %s and verified: nothing to do" % current)
     return True
@@ -222,7 +225,7 @@ def wait_for_lock(layout: Layout, lock: Dict[str, Any]) -> Optional[Dict[str, An
         time.sleep(0.2)
 
 
-def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+def op_prepare(req: protocol.Prepare, stream: BinaryIO) -> Dict[str, Any]:
     """Build releases/<id> off to the side, then rename it into place.
 
     The new release starts from the current one: files that are unchanged and still
@@ -230,8 +233,8 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     wire. Nothing the app serves changes here. Any failure removes the release being
     built, so a failed or interrupted prepare leaves no release behind.
     """
-    layout = Layout(req["deploy_to"])
-    release_id = req["release_id"]
+    layout = Layout(req.deploy_to)
+    release_id = req.release_id
     final = layout.release(release_id)
     partial = layout.partial(release_id)
     if os.path.exists(final):
@@ -241,54 +244,10 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     timings: Dict[str, float] = {}
     result: Dict[str, Any] = {"release": release_id, "timings": timings}
     try:
-        started = time.time()
-        base = choose_base(layout)
-        base_manifest = (layout.manifest(base) or {}) if base else {}
-        base_files = intact_files(layout, base, base_manifest) if base else {}
-        timings["base"] = round(time.time() - started, 3)
-        plan = ask({"base": base, "files": base_files}, stream)
-        started = time.time()
-        removed = set(plan["removed"])
-        files = {p: d for p, d in base_files.items() if p not in removed}
-        files.update(plan["changed"])
-        if files_digest(files) != plan["digest"]:
-            raise AgentError("assembled manifest does not match the artifact (internal error)")
-        os.makedirs(partial)
-        linked_paths = set(files) - plan["changed"].keys()  # empty without a base
-        linked = link_unchanged(layout.release(base), partial, linked_paths) if base else 0
-        count, size = extract(stream, int(plan["archive_size"]), partial)
-        shipped_pycs = extract(stream, int(stream.readline()), partial)[0] \
-            if plan.get("pycs_follow") else 0
-        timings["transfer"] = round(time.time() - started, 3)
-        result.update(files=len(files), linked=linked, received=count, bytes=size,
-                      base=base, shipped_pycs=shipped_pycs)
-        event("%d files: %d received (%d bytes), %d linked from %s" % (
-            len(files), count, size, linked, base or "no previous release"))
-        manifest = dict(req["manifest"], files=files)
-        with open(os.path.join(partial, "REVISION"), "w") as fh:
-            fh.write(str(manifest.get("revision") or "") + "\n")
-        manifest["shared_paths"] = build.link_shared(partial, layout.shared,
-                                                     req.get("shared") or {})
-        if req.get("venv"):
-            started = time.time()
-            result["venv"] = build.ensure_venv(partial, layout.shared, req["venv"], event)
-            manifest["venv"] = result["venv"]["key"]
-            timings["venv"] = round(time.time() - started, 3)
-        started = time.time()
-        own_files = {p: d for p, d in files.items()  # shared paths are links: not ours
-                     if not in_shared(p, manifest["shared_paths"])}
-        compiled = apply_bytecode(partial, req, own_files, linked_paths,
-                                  layout.release(base) if base else None, base_manifest)
-        timings["bytecode"] = round(time.time() - started, 3)
-        manifest["python"] = python_facts()
-        manifest["bytecode"] = dict(compiled, mode=req["bytecode"],
-                                    invalidation=req["pyc_invalidation"],
-                                    magic=manifest["python"]["magic"],
-                                    cache_tag=manifest["python"]["cache_tag"])
-        result["bytecode"] = manifest["bytecode"]
-        os.makedirs(os.path.join(partial, META_DIR), exist_ok=True)
-        with open(os.path.join(partial, META_DIR, MANIFEST), "w") as fh:
-            json.dump(manifest, fh, indent=1, sort_keys=True)
+        base, base_manifest, files, linked_paths = receive_files(layout, partial, stream,
+                                                                 result)
+        manifest = build_release(layout, partial, req, files, linked_paths, base,
+                                 base_manifest, result)
         os.rename(partial, final)
         locking.note(layout.deploy_to, prepared=release_id)
         layout.write_state(release_id, **{k: manifest.get(k) for k in SUMMARY_KEYS})
@@ -300,6 +259,71 @@ def op_prepare(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
             raise AgentError(str(exc)) from None
         raise
     return result
+
+
+def receive_files(layout: Layout, partial: str, stream: BinaryIO, result: Dict[str, Any]
+                  ) -> "tuple[Optional[str], Dict[str, Any], Dict[str, str], set[str]]":
+    """Prepare's transfer: pick the base release, ask the controller for the difference
+    from it, hard-link the unchanged files and unpack the sent ones (and shipped pycs)
+    into `partial`. Returns the base, its manifest, the new file list and the linked paths."""
+    timings = result["timings"]
+    started = time.time()
+    base = choose_base(layout)
+    base_manifest = (layout.manifest(base) or {}) if base else {}
+    base_files = intact_files(layout, base, base_manifest) if base else {}
+    timings["base"] = round(time.time() - started, 3)
+    plan = ask({"base": base, "files": base_files}, stream)
+    started = time.time()
+    removed = set(plan["removed"])
+    files = {p: d for p, d in base_files.items() if p not in removed}
+    files.update(plan["changed"])
+    if files_digest(files) != plan["digest"]:
+        raise AgentError("assembled manifest does not match the artifact (internal error)")
+    os.makedirs(partial)
+    linked_paths = set(files) - plan["changed"].keys()  # empty without a base
+    linked = link_unchanged(layout.release(base), partial, linked_paths) if base else 0
+    count, size = extract(stream, int(plan["archive_size"]), partial)
+    shipped_pycs = extract(stream, int(stream.readline()), partial)[0] \
+        if plan.get("pycs_follow") else 0
+    timings["transfer"] = round(time.time() - started, 3)
+    result.update(files=len(files), linked=linked, received=count, bytes=size,
+                  base=base, shipped_pycs=shipped_pycs)
+    event("%d files: %d received (%d bytes), %d linked from %s" % (
+        len(files), count, size, linked, base or "no previous release"))
+    return base, base_manifest, files, linked_paths
+
+
+def build_release(layout: Layout, partial: str, req: protocol.Prepare, files: Dict[str, str],
+                  linked_paths: "set[str]", base: Optional[str], base_manifest: Dict[str, Any],
+                  result: Dict[str, Any]) -> Dict[str, Any]:
+    """Prepare's build, in `partial`: REVISION, shared links, the virtualenv, bytecode,
+    and the release's manifest written last. Returns the manifest."""
+    timings = result["timings"]
+    manifest = dict(req.manifest, files=files)
+    with open(os.path.join(partial, "REVISION"), "w") as fh:
+        fh.write(str(manifest.get("revision") or "") + "\n")
+    manifest["shared_paths"] = build.link_shared(partial, layout.shared, req.shared or {})
+    if req.venv:
+        started = time.time()
+        result["venv"] = build.ensure_venv(partial, layout.shared, req.venv, event)
+        manifest["venv"] = result["venv"]["key"]
+        timings["venv"] = round(time.time() - started, 3)
+    started = time.time()
+    own_files = {p: d for p, d in files.items()  # shared paths are links: not ours
+                 if not in_shared(p, manifest["shared_paths"])}
+    compiled = apply_bytecode(partial, req, own_files, linked_paths,
+                              layout.release(base) if base else None, base_manifest)
+    timings["bytecode"] = round(time.time() - started, 3)
+    manifest["python"] = python_facts()
+    manifest["bytecode"] = dict(compiled, mode=req.bytecode,
+                                invalidation=req.pyc_invalidation,
+                                magic=manifest["python"]["magic"],
+                                cache_tag=manifest["python"]["cache_tag"])
+    result["bytecode"] = manifest["bytecode"]
+    os.makedirs(os.path.join(partial, META_DIR), exist_ok=True)
+    with open(os.path.join(partial, META_DIR, MANIFEST), "w") as fh:
+        json.dump(manifest, fh, indent=1, sort_keys=True)
+    return manifest
 
 
 SUMMARY_KEYS = ("revision", "ref", "created_at", "deployed_by")
@@ -353,18 +377,18 @@ def link_files(src_root: str, dst_root: str, rels: Iterable[str]) -> List[str]:
 
 
 def run_hooks_or_fail(layout: Layout, point: str, release_id: str,
-                      req: Dict[str, Any]) -> List[Dict[str, Any]]:
+                      req: protocol.HookRequest) -> List[Dict[str, Any]]:
     """Run a point's hooks for a release; a failure runs after_failure hooks, then raises."""
-    values = layout.placeholders(release_id, req.get("values") or {})
+    values = layout.placeholders(release_id, req.values or {})
     release_dir = layout.release(release_id)
     try:
-        return hooks.run_hooks(point, req.get("hooks"), release_dir, values,
-                               bool(req.get("run_once_here")), event)
+        return hooks.run_hooks(point, req.hooks, release_dir, values,
+                               bool(req.run_once_here), event)
     except hooks.HookFailed as exc:
         if point != "after_failure":
             with contextlib.suppress(hooks.HookFailed):
-                hooks.run_hooks("after_failure", req.get("hooks"), release_dir, values,
-                                bool(req.get("run_once_here")), event)
+                hooks.run_hooks("after_failure", req.hooks, release_dir, values,
+                                bool(req.run_once_here), event)
         raise AgentError(str(exc), "hook_failed") from None
 
 
@@ -416,11 +440,11 @@ class _Limited:
             pass
 
 
-def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str], linked: "set[str]",
+def apply_bytecode(root: str, req: protocol.Prepare, files: Dict[str, str], linked: "set[str]",
                    base_dir: Optional[str], base_manifest: Dict[str, Any]) -> Dict[str, Any]:
     """Precompile (reusing the base release's pycs of unchanged, hard-linked modules, and
     keeping pycs the controller shipped), clear, or leave bytecode alone."""
-    mode = req["bytecode"]
+    mode = req.bytecode
     if mode == "clear":
         return {"cleared_files": bytecode.clear_tree(root)["files"]}
     if mode != "precompile":
@@ -429,7 +453,7 @@ def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str], linked
     previous = base_manifest.get("bytecode") or {}
     # the base's pycs fit when they were made the same way, by the same interpreter
     reusable = bool(base_dir) and previous.get("mode") == "precompile" and \
-        previous.get("invalidation") == req["pyc_invalidation"] and \
+        previous.get("invalidation") == req.pyc_invalidation and \
         previous.get("magic") == importlib.util.MAGIC_NUMBER.hex()
     sources = [rel for rel in files if rel.endswith(".py")]
     # a symlinked module's pyc follows its target, which may have changed: never reused
@@ -448,31 +472,31 @@ def apply_bytecode(root: str, req: Dict[str, Any], files: Dict[str, str], linked
             shipped += 1  # compiled once on the controller
         else:
             todo.append(rel)
-    result = bytecode.compile_tree(root, invalidation_mode=req["pyc_invalidation"], files=todo)
+    result = bytecode.compile_tree(root, invalidation_mode=req.pyc_invalidation, files=todo)
     if result["errors"]:
         first = result["errors"][0]
         raise AgentError("cannot compile %s line %s: %s" % (
             first["file"], first.get("line"), first["message"]), "syntax_error")
     event("bytecode (%s): %d from the controller, %d reused, %d compiled here" % (
-        req["pyc_invalidation"], shipped, reused, result["compiled"]))
+        req.pyc_invalidation, shipped, reused, result["compiled"]))
     return {"compiled": result["compiled"], "reused": reused, "shipped": shipped}
 
 
-def op_activate(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+def op_activate(req: protocol.Activate, stream: BinaryIO) -> Dict[str, Any]:
     """Switch to `target`, restart, health-check; on failure go back to `fallback`.
 
     The whole decision runs here, on the host, in one round trip: a controller that
     loses the connection mid-way cannot leave the host switched but unchecked.
     `action` is deploy, rollback or restart; it decides which hooks run.
     """
-    layout = Layout(req["deploy_to"])
-    target = req["target"]
-    fallback = req.get("fallback")
-    if layout.failure(target) and not req.get("allow_failed"):
+    layout = Layout(req.deploy_to)
+    target = req.target
+    fallback = req.fallback
+    if layout.failure(target):
         raise AgentError("release %s is marked failed (%s)" % (target, layout.failure(target)))
     result: Dict[str, Any] = {"target": target, "fallback": fallback}
     locking.note(layout.deploy_to, activated=True)  # tried: healthy, or marked failed
-    rolling_back = req.get("action") == "rollback"
+    rolling_back = req.action == "rollback"
     attempt = switch_restart_check(layout, target, req, rolling_back)
     result["attempt"] = attempt
     if attempt["ok"]:
@@ -480,7 +504,7 @@ def op_activate(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
         result["release"] = target
         return result
     result["error"] = attempt["error"]
-    if req.get("mark_failed"):
+    if req.mark_failed:
         with contextlib.suppress(OSError):  # a full disk must not stop the switch back
             layout.mark_failed(target, attempt["error"])
     if not attempt.get("failure_hooks_ran"):
@@ -498,7 +522,7 @@ def op_activate(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
     return result
 
 
-def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any],
+def switch_restart_check(layout: Layout, target: str, req: protocol.Activate,
                          rolling_back: bool) -> Dict[str, Any]:
     """Switch (if needed), restart, check health, then run the hooks that follow."""
     steps: Dict[str, Any] = {"release": target, "ok": False}
@@ -513,9 +537,9 @@ def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any],
                                                                target, req))
         steps["restart_started"] = time.time()  # availability: stop requested -> healthy
         steps["programs"] = restart(layout, req)
-        spec = req.get("health")
+        spec = req.health
         if spec and spec.get("url"):
-            spec = expand_placeholders(spec, layout.placeholders(target, req.get("values") or {}))
+            spec = expand_placeholders(spec, layout.placeholders(target, req.values or {}))
             result = health.check(spec)
             steps["health"] = result
             if not result["ok"]:
@@ -523,7 +547,7 @@ def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any],
                                  % (result["attempts"], result["seconds"], result["error"]))
             event("healthy after %.2fs" % result["seconds"])
         steps["healthy_at"] = time.time()
-        layout.record_served(target, req.get("action") or "deploy")
+        layout.record_served(target, req.action or "deploy")
         steps["strays"] = warn_strays(layout)
         for point in ("after_restart", "after_rollback") if rolling_back else ("after_restart",):
             steps.setdefault("hooks", []).extend(run_hooks_or_fail(layout, point, target, req))
@@ -544,18 +568,18 @@ def switch_restart_check(layout: Layout, target: str, req: Dict[str, Any],
     return steps
 
 
-def op_hooks(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+def op_hooks(req: protocol.Hooks, stream: BinaryIO) -> Dict[str, Any]:
     """Run one hook point for a release (the fleet-wide before_switch phase)."""
-    layout = Layout(req["deploy_to"])
-    return {"hooks": run_hooks_or_fail(layout, req["point"], req["release_id"], req)}
+    layout = Layout(req.deploy_to)
+    return {"hooks": run_hooks_or_fail(layout, req.point, req.release_id, req)}
 
 
-def restart(layout: Layout, req: Dict[str, Any]) -> List[Dict[str, Any]]:
+def restart(layout: Layout, req: protocol.Activate) -> List[Dict[str, Any]]:
     """Stop every program, then start every program, each confirmed by its state and by
     the freshness rule (processes.judge): exec'd in the new release, started after it."""
-    sup_settings = req["supervisor"]
+    sup_settings = req.supervisor
     sup = connect(sup_settings, timeout=float(sup_settings.get("stop_timeout") or 60) + 5)
-    names = sup.expand(list(req["programs"]))
+    names = sup.expand(list(sup_settings["programs"]))
     rows = [{"name": name, "old_pid": sup.info(name).get("pid") or None} for name in names]
     sup.stop_all(names, float(sup_settings.get("stop_timeout") or 60))
     event("stopped %s" % ", ".join(names))
@@ -586,33 +610,33 @@ def warn_strays(layout: Layout) -> List[Dict[str, Any]]:
     return found
 
 
-def op_finish(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+def op_finish(req: protocol.Finish, stream: BinaryIO) -> Dict[str, Any]:
     """Write the history line, remove old releases, release the lock: the end of every run.
 
     What nothing waits for happens afterwards, in the background: deleting the removed
     releases' files and (`record_intact`, after a deploy) recording which files of the
     current release are intact, so that the next deploy need not hash them all.
     """
-    layout = Layout(req["deploy_to"])
+    layout = Layout(req.deploy_to)
     result: Dict[str, Any] = {}
-    if req.get("history"):
-        layout.append_history(req["history"])
-    if req.get("keep_releases"):
-        result["removed"] = layout.cleanup(int(req["keep_releases"]))
+    if req.history:
+        layout.append_history(req.history)
+    if req.keep_releases:
+        result["removed"] = layout.cleanup(int(req.keep_releases))
         stale_venvs = build.unused_venvs(layout.shared, [layout.release(r)
                                                          for r in layout.release_ids()])
         for venv in stale_venvs:
             shutil.rmtree(venv, ignore_errors=True)
         result["removed_venvs"] = [os.path.basename(v) for v in stale_venvs]
-    if req.get("lock_token"):
-        result["unlocked"] = layout.release_lock(req["lock_token"])
+    if req.lock_token:
+        result["unlocked"] = layout.release_lock(req.lock_token)
         locking.released(layout.deploy_to)
-    discard = req.get("discard_release")
+    discard = req.discard_release
     if discard and discard != layout.current_id():
         shutil.rmtree(layout.partial(discard), ignore_errors=True)
         shutil.rmtree(layout.release(discard), ignore_errors=True)
         result["discarded"] = discard
-    current = layout.current_id() if req.get("record_intact") else None
+    current = layout.current_id() if req.record_intact else None
     if current or layout.has_trash():
         in_background(lambda: tidy_up(layout, current))
     return result
@@ -649,35 +673,35 @@ def in_background(work: Callable[[], None]) -> None:
         os._exit(0)
 
 
-def op_unlock(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+def op_unlock(req: protocol.Unlock, stream: BinaryIO) -> Dict[str, Any]:
     """Release the lock: by its owner's token, when it is stale (`stale_after` seconds
     old, with no token), or unconditionally with `force`."""
-    layout = Layout(req["deploy_to"])
+    layout = Layout(req.deploy_to)
     owner = layout.lock_owner()
     if owner is None:
         return {"owner": None, "removed": False, "reason": "not locked"}
     age = time.time() - float(owner.get("acquired_at") or 0)
-    stale = req.get("stale_after") is not None and age > float(req["stale_after"])
-    if req.get("force") or stale:
+    stale = req.stale_after is not None and age > float(req.stale_after)
+    if req.force or stale:
         removed = layout.release_lock(None, force=True)
     else:
-        removed = layout.release_lock(req.get("token"))
+        removed = layout.release_lock(req.token)
     if removed:
         locking.released(layout.deploy_to)
     return {"owner": owner, "removed": removed, "age_seconds": round(age, 1), "stale": stale}
 
 
-def op_releases(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
-    layout = Layout(req["deploy_to"])
+def op_releases(req: protocol.Releases, stream: BinaryIO) -> Dict[str, Any]:
+    layout = Layout(req.deploy_to)
     return {"current": layout.current_id(), "releases": layout.describe(),
             "lock": layout.lock_owner(), "history": layout.read_history(20)}
 
 
-def op_resolve_rollback(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+def op_resolve_rollback(req: protocol.ResolveRollback, stream: BinaryIO) -> Dict[str, Any]:
     """Pick a rollback target: `to` (must exist, not failed) or the previous good release."""
-    layout = Layout(req["deploy_to"])
+    layout = Layout(req.deploy_to)
     current = layout.current_id()
-    wanted = req.get("to")
+    wanted = req.to
     if wanted:
         if not os.path.isdir(layout.release(wanted)):
             raise AgentError("release %s does not exist (have: %s)"
@@ -692,21 +716,21 @@ def op_resolve_rollback(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]
     return {"current": current, "target": target}
 
 
-def op_verify(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+def op_verify(req: protocol.Verify, stream: BinaryIO) -> Dict[str, Any]:
     return verify.verify(req)
 
 
-def op_clear_cache(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
+def op_clear_cache(req: protocol.ClearCache, stream: BinaryIO) -> Dict[str, Any]:
     """Remove bytecode under the current release (or `path`, which must lie in deploy_to)."""
-    layout = Layout(req["deploy_to"])
-    root = os.path.realpath(req.get("path") or layout.current)
+    layout = Layout(req.deploy_to)
+    root = os.path.realpath(req.path or layout.current)
     base = os.path.realpath(layout.deploy_to)
     if not (root + "/").startswith(base + "/") or root == base + "/releases":
         raise AgentError("%s is not inside a release under %s" % (root, layout.deploy_to),
                          "config")
     if not os.path.isdir(root):
         raise AgentError("%s does not exist" % root)
-    skip = ((".git", "node_modules") if req.get("include_venv")
+    skip = ((".git", "node_modules") if req.include_venv
             else bytecode.DEFAULT_SKIP_DIRS)
     counts = bytecode.clear_tree(root, skip_dirs=skip)
     current = layout.current_id()
@@ -721,7 +745,7 @@ def op_clear_cache(req: Dict[str, Any], stream: BinaryIO) -> Dict[str, Any]:
             "errors": counts.get("errors", []), "current": current, "edits": edits}
 
 
-OPS: Dict[str, Callable[[Dict[str, Any], BinaryIO], Dict[str, Any]]] = {
+OPS: Dict[str, Callable[[Any, BinaryIO], Dict[str, Any]]] = {
     "preflight": op_preflight,
     "prepare": op_prepare,
     "activate": op_activate,
@@ -765,22 +789,21 @@ def time_limit_hit(signum: int, frame: Any) -> None:
     raise AgentError("remote step hit its time limit (ssh.command_timeout)", "timeout")
 
 
-LOCKED_OPS = ("prepare", "activate", "hooks", "clear_cache")
-
-
-def serve(req: Dict[str, Any], stream: BinaryIO) -> bool:
+def serve(wire: Dict[str, Any], stream: BinaryIO) -> bool:
     """Answer one request; False when the session must end after it: a failed request
     that streamed data may have left part of it unread (the error says so)."""
-    ends = bool(req.get("streams"))
+    ends = bool(wire.get("streams"))
     try:
-        op = OPS[req["op"]]
-        if req.get("lock_token") and req.get("deploy_to") and \
-                not locking.adopt(Layout(req["deploy_to"]), req["lock_token"]) and \
-                req["op"] in LOCKED_OPS:
+        req = protocol.parse_request(wire)
+        if req.lock_token and not locking.adopt(Layout(req.deploy_to), req.lock_token) and \
+                req.locked:
             raise AgentError("this run no longer holds the deploy lock on this host (another "
                              "run took it over); nothing was changed", "lock_lost")
-        emit("result", op(req, stream))
+        emit("result", OPS[req.op](req, stream))
         return True
+    except protocol.ProtocolError as exc:
+        emit("error", {"message": "bad request: %s" % exc, "kind": exc.kind,
+                       "ends_session": ends})
     except AgentError as exc:
         ends = ends or exc.kind == "timeout"  # the controller starts a fresh session
         emit("error", {"message": str(exc), "kind": exc.kind, "ends_session": ends})

@@ -10,12 +10,15 @@ import hashlib
 import importlib.util
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
-from deploytools.remote import bytecode, health, processes
+from deploytools.remote import bytecode, health, processes, protocol
 from deploytools.remote.intact import sha256
 from deploytools.remote.releases import META_DIR, Layout, in_shared
 from deploytools.remote.supervisor import connect
+
+# inv verify, and --skip-unchanged's preflight, carry the checks' inputs
+Checks = Union[protocol.Verify, protocol.Preflight]
 
 FIX_RESTART = "restart from the current release: `inv clear-cache --restart` or `inv deploy`"
 FIX_REDEPLOY = "redeploy: `inv deploy` (a release must never be edited in place)"
@@ -29,11 +32,11 @@ def row(check: str, ok: bool, detail: str, evidence: Any = None,
             "fix": None if ok else fix}
 
 
-def verify(req: Dict[str, Any]) -> Dict[str, Any]:
-    layout = Layout(req["deploy_to"])
+def verify(req: Checks) -> Dict[str, Any]:
+    layout = Layout(req.deploy_to)
     rows: List[Dict[str, Any]] = []
     release_id = layout.current_id()
-    current_row = check_current(layout, release_id, req.get("expect"))
+    current_row = check_current(layout, release_id, req.expect)
     rows.append(current_row)
     if not current_row["ok"] and release_id is None:
         return {"release": None, "checks": rows, "lock": layout.lock_owner()}
@@ -43,7 +46,7 @@ def verify(req: Dict[str, Any]) -> Dict[str, Any]:
     rows.append(check_integrity(layout, release_id, manifest, source_hashes))
     rows.append(check_bytecode(release_dir, source_hashes))
     rows.extend(check_processes(layout, release_id, req))
-    if (req.get("health") or {}).get("url"):
+    if (req.health or {}).get("url"):
         rows.append(check_health(layout, release_id, req))
     return {"release": release_id, "revision": manifest.get("revision"), "checks": rows,
             "lock": layout.lock_owner()}
@@ -187,12 +190,12 @@ def check_bytecode(release_dir: str, source_hashes: Dict[str, bytes]) -> Dict[st
 
 
 def check_processes(layout: Layout, release_id: str,
-                    req: Dict[str, Any]) -> List[Dict[str, Any]]:
+                    req: Checks) -> List[Dict[str, Any]]:
     """Each supervised process by the freshness rule (processes.judge), then every other
     process that still runs another release's code."""
     try:
-        sup = connect(req["supervisor"], timeout=10)
-        names = sup.expand(list(req["programs"]))
+        sup = connect(req.supervisor, timeout=10)
+        names = sup.expand(list(req.supervisor["programs"]))
         parent = sup.pid()
     except Exception as exc:
         return [row("processes", False, str(exc), fix="check supervisord on the host")]
@@ -238,11 +241,11 @@ def check_strays(layout: Layout, release_id: str) -> Dict[str, Any]:
     return row("old code", True, "no process runs another release's code%s" % note, evidence)
 
 
-def check_health(layout: Layout, release_id: str, req: Dict[str, Any]) -> Dict[str, Any]:
+def check_health(layout: Layout, release_id: str, req: Checks) -> Dict[str, Any]:
     """The configured expectation (expect_status / expect_json / expect_text) with the
     placeholders of the current release: the same rule as the deploy's check."""
-    spec = health.expand_placeholders(req["health"],
-                                      layout.placeholders(release_id, req.get("values") or {}))
+    spec = health.expand_placeholders(req.health,
+                                      layout.placeholders(release_id, req.values or {}))
     spec["timeout"] = min(float(spec.get("timeout") or 5), 5.0)
     result = health.check(spec)
     evidence = {"status": result.get("status"), "attempts": result.get("attempts"),

@@ -20,6 +20,7 @@ from typing import Any
 
 from deploytools.errors import UnreachableError
 from deploytools.inventory import Host, parse_inventory
+from deploytools.remote import protocol
 from deploytools.remote.releases import Layout
 from deploytools.transport import AgentCall, Answer
 
@@ -64,8 +65,8 @@ class FakeHost:
 
     # ------------------------------------------------------------------ ops
 
-    def answer(self, request: dict[str, Any], answer: Answer | None) -> dict[str, Any]:
-        op = request["op"]
+    def answer(self, request: protocol.Request, answer: Answer | None) -> dict[str, Any]:
+        op = request.op
         self.calls.append(op)
         if op in self.script.before:
             self.script.before[op]()
@@ -73,37 +74,37 @@ class FakeHost:
             raise _Failed(self.script.fail[op])
         return getattr(self, "op_" + op)(request, answer)
 
-    def op_preflight(self, req: dict[str, Any], answer: Answer | None) -> dict[str, Any]:
+    def op_preflight(self, req: Any, answer: Answer | None) -> dict[str, Any]:
         layout = self.layout
         result: dict[str, Any] = {
             "python": {"version": "3.11", "magic": "fake", "cache_tag": "fake"},
             "current": layout.current_id(), "releases": layout.describe(), "problems": []}
-        lock = req.get("lock")
-        if req.get("read_only"):
+        lock = req.lock
+        if req.read_only:
             result["lock"] = {"acquired": False, "holder": layout.lock_owner()}
         elif lock:
             holder = layout.acquire_lock(lock["owner"])
             result["lock"] = {"acquired": holder is None, "holder": holder}
         return result
 
-    def op_prepare(self, req: dict[str, Any], answer: Answer | None) -> dict[str, Any]:
+    def op_prepare(self, req: Any, answer: Answer | None) -> dict[str, Any]:
         assert answer is not None
         _, upload = answer({"base": None, "files": {}})
         if upload is not None:
             for _ in upload():
                 pass
-        os.makedirs(self.layout.release(req["release_id"]), exist_ok=True)
-        return {"release": req["release_id"], "files": req["file_count"], "timings": {},
+        os.makedirs(self.layout.release(req.release_id), exist_ok=True)
+        return {"release": req.release_id, "files": req.file_count, "timings": {},
                 "bytecode": {}}
 
-    def op_activate(self, req: dict[str, Any], answer: Answer | None) -> dict[str, Any]:
-        target, fallback = req["target"], req.get("fallback")
+    def op_activate(self, req: Any, answer: Answer | None) -> dict[str, Any]:
+        target, fallback = req.target, req.fallback
         result: dict[str, Any] = {"target": target, "fallback": fallback}
         result["attempt"] = attempt = self._switch_restart_check(target, req)
         if attempt["ok"]:
             return dict(result, outcome="healthy", release=target)
         result["error"] = attempt["error"]
-        if req.get("mark_failed"):
+        if req.mark_failed:
             self.layout.mark_failed(target, attempt["error"])
         if not fallback:
             return dict(result, outcome="failed", release=self.current)
@@ -112,55 +113,55 @@ class FakeHost:
         return dict(result, outcome="rolled_back" if back["ok"] else "rollback_failed",
                     release=self.current)
 
-    def _switch_restart_check(self, target: str, req: dict[str, Any],
+    def _switch_restart_check(self, target: str, req: Any,
                               fails: bool = False) -> dict[str, Any]:
         self.layout.switch(target)
         self.restarts += 1
         if fails or target in self.script.unhealthy:
             return {"ok": False, "error": f"health check failed on {target}",
                     "restart_started": time.time()}
-        self.layout.record_served(target, req.get("action") or "deploy")
+        self.layout.record_served(target, req.action or "deploy")
         return {"ok": True, "programs": [], "restart_started": time.time(),
                 "healthy_at": time.time()}
 
-    def op_hooks(self, req: dict[str, Any], answer: Answer | None) -> dict[str, Any]:
+    def op_hooks(self, req: Any, answer: Answer | None) -> dict[str, Any]:
         return {"hooks": []}
 
-    def op_finish(self, req: dict[str, Any], answer: Answer | None) -> dict[str, Any]:
+    def op_finish(self, req: Any, answer: Answer | None) -> dict[str, Any]:
         layout = self.layout
-        layout.append_history(req["history"])
+        layout.append_history(req.history)
         result: dict[str, Any] = {"removed": []}
-        if req.get("keep_releases"):
-            result["removed"] = layout.cleanup(int(req["keep_releases"]))
-        if req.get("discard_release"):
-            layout.discard(layout.release(req["discard_release"]))
-        layout.release_lock(req.get("lock_token"))
+        if req.keep_releases:
+            result["removed"] = layout.cleanup(int(req.keep_releases))
+        if req.discard_release:
+            layout.discard(layout.release(req.discard_release))
+        layout.release_lock(req.lock_token)
         return result
 
-    def op_unlock(self, req: dict[str, Any], answer: Answer | None) -> dict[str, Any]:
+    def op_unlock(self, req: Any, answer: Answer | None) -> dict[str, Any]:
         owner = self.layout.lock_owner()
-        removed = self.layout.release_lock(req.get("token"), force=bool(req.get("force")))
+        removed = self.layout.release_lock(req.token, force=bool(req.force))
         return {"owner": owner, "removed": removed, "age_seconds": 0}
 
-    def op_resolve_rollback(self, req: dict[str, Any], answer: Answer | None
+    def op_resolve_rollback(self, req: Any, answer: Answer | None
                             ) -> dict[str, Any]:
-        target = req.get("to") or self.layout.rollback_target()
+        target = req.to or self.layout.rollback_target()
         if not target:
             raise _Failed(f"no previous good release to roll back to (current: {self.current})")
         return {"current": self.current, "target": target}
 
-    def op_releases(self, req: dict[str, Any], answer: Answer | None) -> dict[str, Any]:
+    def op_releases(self, req: Any, answer: Answer | None) -> dict[str, Any]:
         return {"current": self.current, "releases": self.layout.describe(),
                 "history": self.layout.read_history()}
 
-    def op_verify(self, req: dict[str, Any], answer: Answer | None) -> dict[str, Any]:
+    def op_verify(self, req: Any, answer: Answer | None) -> dict[str, Any]:
         failed = self.current is None or self.current in self.script.unhealthy
         return {"release": self.current, "revision": None, "lock": self.layout.lock_owner(),
                 "checks": [{"check": "health", "ok": not failed,
                             "detail": "fails" if failed else "200"}]}
 
-    def op_clear_cache(self, req: dict[str, Any], answer: Answer | None) -> dict[str, Any]:
-        return {"path": req.get("path"), "dirs": 0, "files": 0, "errors": [], "edits": []}
+    def op_clear_cache(self, req: Any, answer: Answer | None) -> dict[str, Any]:
+        return {"path": req.path, "dirs": 0, "files": 0, "errors": [], "edits": []}
 
 
 class _Failed(Exception):
@@ -185,9 +186,10 @@ class FakeConnection:
     def start_agent(self) -> None:
         self.commands += 1
 
-    def call(self, request: dict[str, Any], on_event: Callable[[str], None] | None = None,
+    def call(self, request: protocol.Request, on_event: Callable[[str], None] | None = None,
              timeout: float | None = None, answer: Answer | None = None) -> AgentCall:
         self.requests += 1
+        request = protocol.parse_request(request.to_wire())  # as strict as the real agent
         try:
             return AgentCall(result=self.fake.answer(request, answer), error=None)
         except _Failed as exc:
