@@ -37,17 +37,15 @@ def write_sample_app(
     *,
     health_status: int = 200,
     extra_modules: int = 0,
-    health_mode: str = "ok",
     boot_delay: float = 0,
 ) -> None:
     """Write the stdlib-only sample app into ``dest`` (a source dir or a release dir).
 
     ``health_status`` makes /health fail (e.g. 500), to exercise health-check rollbacks
-    (tests.support.faults writes apps that crash at import); ``extra_modules``
-    adds that many never-imported modules under ``sampleapp/mods`` to make it bigger;
-    ``health_mode`` "garbage" or "truncated" makes /health answer malformed HTTP;
-    ``boot_delay`` makes the app take that many seconds to boot before it listens (as
-    real apps do: what a balancer drain has to cover).
+    (tests.support.faults writes apps that crash at import or answer malformed HTTP);
+    ``extra_modules`` adds that many never-imported modules under ``sampleapp/mods`` to
+    make it bigger; ``boot_delay`` makes the app take that many seconds to boot before it
+    listens (as real apps do: what a balancer drain has to cover).
     Files are overwritten, nothing is deleted.
     """
     dest = Path(dest)
@@ -57,8 +55,6 @@ def write_sample_app(
         shutil.copyfile(SAMPLE_APP_DIR / name, dest / name)
     template = (SAMPLE_APP_DIR / "sampleapp" / "views.py.tmpl").read_text(encoding="utf-8")
     views = template.format(version=version, health_status=int(health_status))
-    if health_mode != "ok":  # "garbage" (not HTTP at all) or "truncated" (short body)
-        views += f"\nHEALTH_MODE = {health_mode!r}\n"
     if boot_delay > 0:
         views += f"\n\nimport time as _time\n\n_time.sleep({float(boot_delay)!r})  # boot delay\n"
     (pkg / "views.py").write_text(views, encoding="utf-8")

@@ -22,9 +22,17 @@ def write_crashing_app(dest: Path, version: str = "v1", **options: Any) -> None:
     """The sample app (see write_sample_app) whose views module raises at import, so
     the app dies at start: exercises spawn-error rollbacks."""
     write_sample_app(dest, version, **options)
-    views = Path(dest) / "sampleapp" / "views.py"
-    with views.open("a", encoding="utf-8") as out:
+    with (Path(dest) / "sampleapp" / "views.py").open("a", encoding="utf-8") as out:
         out.write(CRASH_ON_IMPORT)
+
+
+def write_malformed_health_app(dest: Path, version: str, mode: str,
+                               **options: Any) -> None:
+    """The sample app whose /health answers "garbage" (not HTTP at all) or "truncated"
+    (a short body): the sample app's views.HEALTH_MODE, which it honours."""
+    write_sample_app(dest, version, **options)
+    with (Path(dest) / "sampleapp" / "views.py").open("a", encoding="utf-8") as out:
+        out.write(f"\nHEALTH_MODE = {mode!r}\n")
 
 
 def _running_sshd_pid(sim: SimHost) -> int:
