@@ -45,6 +45,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run straight from a checkout
 
 from deploytools.sandbox import Fleet, SimHost, start_fleet, write_sample_app  # noqa: E402
+from tests.support.faults import freeze_sshd, thaw_sshd, write_crashing_app  # noqa: E402
 
 KINDS = (
     "sigkill_prepare", "sigkill_activate", "sigint", "sigterm", "frozen_host", "disk_full",
@@ -151,9 +152,10 @@ class Soak:
     versions: int = 0
 
     # ---- repository
-    def commit(self, tag: str, **options: Any) -> None:
+    def commit(self, tag: str, writer: Callable[..., None] = write_sample_app,
+               **options: Any) -> None:
         self.versions += 1
-        write_sample_app(self.repo, f"{tag}-{self.versions}", **options)
+        writer(self.repo, f"{tag}-{self.versions}", **options)
         git(self.repo, "add", "-A")
         git(self.repo, "-c", "user.email=s@example.com", "-c", "user.name=soak", "commit",
             "-q", "--allow-empty", "-m", tag)
@@ -375,11 +377,11 @@ def signal_during(soak: Soak, action: str, sig: int, where: str | None = None) -
 def fault_frozen(soak: Soak, action: str) -> str:
     host = soak.rng.choice(soak.fleet.hosts)
     if soak.rng.random() < 0.3:
-        host.freeze_sshd()  # hangs before the banner: connect times out
+        freeze_sshd(host)  # hangs before the banner: connect times out
         try:
             code = soak.start(action, soak.inventory("plain")).finish()
         finally:
-            host.thaw_sshd()
+            thaw_sshd(host)
         return f"{host.name} sshd listener frozen before the run, exit {code}"
     needle, hooks = ("after_switch hook", {"after_switch": [SLOW_HOOK]}) \
         if action == "rollback" else phase_needle(soak.rng)
@@ -416,9 +418,10 @@ def fault_disk_full(soak: Soak, action: str) -> str:
 def fault_bad_release(soak: Soak, kind: str) -> str:
     if kind == "malformed_health":
         soak.commit_malformed(kind)
+    elif kind == "health_failing":
+        soak.commit(kind, health_status=500)
     else:
-        soak.commit(kind, **({"health_status": 500} if kind == "health_failing"
-                             else {"crash_on_import": True}))
+        soak.commit(kind, writer=write_crashing_app)
     code = soak.start("deploy", soak.inventory("plain")).finish()
     return f"bad release ({kind}), exit {code}"
 

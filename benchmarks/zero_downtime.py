@@ -29,8 +29,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import yaml  # noqa: E402
 
-from deploytools.lbsandbox import LoadGenerator, haproxy_for  # noqa: E402
 from deploytools.sandbox import start_fleet, write_sample_app  # noqa: E402
+from deploytools.sandbox.balancer import haproxy_for  # noqa: E402
+from deploytools.sandbox.load import LoadGenerator  # noqa: E402
 
 
 def free_port() -> int:

@@ -19,7 +19,6 @@ line; exit codes are listed in deploytools.errors.ExitCode and the README.
 from __future__ import annotations
 
 import contextlib
-import gc
 import inspect
 import os
 import sys
@@ -83,9 +82,6 @@ def _run(body: Flow, *, debug: bool = False, json: str | None = None, log: str |
                    ExitCode.INTERNAL) from None
     finally:
         console.close()
-        # What is left is garbage the process exit frees wholesale; a last full collection
-        # of it (the interpreter's own, at exit) would cost a visible fraction of a redeploy.
-        gc.freeze()
     if result is None:
         return
     if json:

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from deploytools import access
-from deploytools.sandbox import Fleet, SimHost, _public_key
+from deploytools.sandbox import Fleet, SimHost
+from deploytools.sandbox.sshd import _public_key
 from tests.support.access import (
     Agent,
     forwards,

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from deploytools.lbsandbox import HAProxy, LoadGenerator, haproxy_for, haproxy_path
 from deploytools.sandbox import Fleet
+from deploytools.sandbox.balancer import HAProxy, haproxy_for, haproxy_path
+from deploytools.sandbox.load import LoadGenerator
 from tests.support.apprepo import AppRepo
 from tests.support.cli import Cli, inv_command
 from tests.support.fleets import make_fleet

@@ -21,6 +21,7 @@ from deploytools.sandbox import Fleet, SimHost
 from deploytools.transport import HostConnection, agent_digest
 from tests.support.apprepo import AppRepo
 from tests.support.cli import Cli
+from tests.support.faults import write_crashing_app
 from tests.support.fleets import deploy_broken_module, serving_release
 from tests.support.layout import current_release, health_releases, release_dirs
 
@@ -91,7 +92,7 @@ def test_failing_health_rolls_every_host_back(cli: Cli, fleet3: Fleet,
 def test_crash_at_import_reports_supervisor_reason(cli: Cli, fleet3: Fleet,
                                                     app_repo: AppRepo) -> None:
     good = serving_release(cli, fleet3, app_repo)
-    app_repo.commit("v4-crash", crash_on_import=True)
+    app_repo.commit("v4-crash", writer=write_crashing_app)
     done = cli("deploy", "--hosts", "prod")
     assert done.returncode == 3, done.stdout + done.stderr
     assert "Traceback" not in done.stderr

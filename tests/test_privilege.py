@@ -17,6 +17,7 @@ from deploytools.sandbox import Fleet
 from tests.support import privilege
 from tests.support.apprepo import AppRepo
 from tests.support.cli import Cli
+from tests.support.faults import write_crashing_app
 from tests.support.fleets import cli_for, make_fleet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a Unix user")
@@ -100,7 +101,7 @@ def test_crash_through_supervisorctl_is_explained_and_rolled_back(
     app_repo.commit("v-good")
     cli("deploy", "--hosts", "prod", check=True)
     good = fleet.hosts[0].health()["release"]
-    app_repo.commit("v-crash", crash_on_import=True)
+    app_repo.commit("v-crash", writer=write_crashing_app)
     done = cli("deploy", "--hosts", "prod")
     assert done.returncode == 3, done.stdout + done.stderr
     assert "BACKOFF" in done.stderr or "FATAL" in done.stderr or "EXITED" in done.stderr

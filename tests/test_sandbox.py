@@ -21,6 +21,7 @@ from deploytools.inventory import load_inventory
 from deploytools.remote import protocol
 from deploytools.sandbox import Fleet, SimHost, start_fleet, write_sample_app
 from deploytools.transport import HostConnection
+from tests.support.faults import freeze_sshd, thaw_sshd, write_crashing_app
 from tests.support.fleets import make_fleet, require_sshd
 
 
@@ -171,11 +172,11 @@ def test_app_runs_from_current(fleet: Fleet) -> None:
 
 def test_freeze_thaw_and_restart_sshd(fleet: Fleet) -> None:
     sim = fleet.hosts[1]
-    sim.freeze_sshd()
+    freeze_sshd(sim)
     try:
         assert banner(sim) == b""  # connect completes, no banner: a hung host
     finally:
-        sim.thaw_sshd()
+        thaw_sshd(sim)
     assert banner(sim, timeout=2).startswith(b"SSH-")
     old_pid = sim.sshd_pid
     sim.stop_sshd()
@@ -241,7 +242,7 @@ def test_sample_app_variants(tmp_path: Path) -> None:
         path = tmp_path / "ok" / name
         compile(path.read_text(), str(path), "exec")
 
-    write_sample_app(tmp_path / "crash", crash_on_import=True)
+    write_crashing_app(tmp_path / "crash")
     result = subprocess.run(
         [sys.executable, "-c", "import sampleapp.views"],
         cwd=tmp_path / "crash",

@@ -21,6 +21,7 @@ from deploytools.sandbox import Fleet, SimHost
 from deploytools.transport import agent_digest
 from tests.support.apprepo import AppRepo
 from tests.support.cli import Cli
+from tests.support.faults import write_malformed_health_app
 from tests.support.fleets import cli_for, make_fleet
 from tests.support.layout import current_release, health_releases
 
@@ -174,7 +175,7 @@ def test_malformed_health_answer_rolls_back(cli: Cli, fleet: Fleet, app_repo: Ap
     cli("deploy", "--hosts", "prod", check=True)
     good = {host_current(h) for h in fleet.hosts}
     assert len(good) == 1
-    app_repo.commit(f"health-{mode}", health_mode=mode)
+    app_repo.commit(f"health-{mode}", writer=write_malformed_health_app, mode=mode)
     report = tmp_path / "report.json"
     done = cli("deploy", "--hosts", "prod", "--json", str(report))
     assert done.returncode == 3, done.stdout + done.stderr

@@ -14,16 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploytools.sandbox import (
-    Fleet,
-    SimHost,
-    _port_free,
-    _public_key,
-    _run_keygens,
-    _sshd_config_text,
-    _sshd_version,
-    sshd_path,
-)
+from deploytools.sandbox import Fleet, SimHost, sshd_path
+from deploytools.sandbox.network import _port_free
+from deploytools.sandbox.sshd import _public_key, _run_keygens, _sshd_config_text, _sshd_version
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,11 @@ class AppRepo:
                               text=True, check=True)
         return done.stdout.strip()
 
-    def commit(self, version: str, **app_options: object) -> str:
-        """Write the sample app at `version` (see write_sample_app) and commit it."""
-        write_sample_app(self.path, version, **app_options)  # type: ignore[arg-type]
+    def commit(self, version: str, writer: Callable[..., None] = write_sample_app,
+               **app_options: object) -> str:
+        """Write the sample app at `version` with `writer` (write_sample_app, or one of
+        tests.support.faults' broken apps) and commit it."""
+        writer(self.path, version, **app_options)
         self.git("add", "-A")
         self.git("-c", "user.email=t@example.com", "-c", "user.name=tests", "commit", "-q",
                  "--allow-empty", "-m", version)

@@ -1,0 +1,74 @@
+"""The per-host supervisord: its config text and an XML-RPC proxy over its socket."""
+
+from __future__ import annotations
+
+import xmlrpc.client
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from deploytools.remote.supervisor import UnixTransport
+from deploytools.sandbox.env import _is_root
+
+if TYPE_CHECKING:
+    from deploytools.sandbox.host import SimHost
+
+
+def supervisor_proxy(socket_path: Path | str, timeout: float = 5.0) -> xmlrpc.client.ServerProxy:
+    """An XML-RPC proxy to a supervisord unix socket (stdlib only; answers in ~1 ms,
+    where one ``supervisorctl`` call costs ~100 ms of interpreter start-up)."""
+    return xmlrpc.client.ServerProxy(
+        "http://localhost/RPC2", transport=UnixTransport(str(socket_path), timeout)
+    )
+
+
+
+
+def _supervisord_conf_text(sim: SimHost, python: str) -> str:
+    root = sim.root
+    program_common = [
+        f"directory={sim.deploy_to / 'current'}",
+        "autostart=false",
+        "autorestart=true",
+        "startsecs=1",
+        "startretries=1",
+        "stopwaitsecs=5",
+        "stopasgroup=true",
+        "killasgroup=true",
+    ]
+    lines = [
+        "[unix_http_server]",
+        f"file={sim.supervisor_socket}",
+        "chmod=0700",
+        "",
+        "[supervisord]",
+        f"pidfile={root / 'supervisord.pid'}",
+        f"logfile={sim.supervisord_log}",
+        "logfile_maxbytes=10MB",
+        "logfile_backups=0",
+        f"childlogdir={root / 'childlogs'}",
+        "nodaemon=true",
+        f"identifier={sim.name}",
+    ]
+    if _is_root():
+        lines.append("user=root")  # silences the "running as root" CRIT line; no-op
+    lines += [
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{sim.supervisor_socket}",
+        "",
+        "[program:app]",
+        f"command={python} app.py --bind {sim.address} --port {sim.app_port}",
+        *program_common,
+        f"stdout_logfile={root / 'app.out.log'}",
+        f"stderr_logfile={root / 'app.err.log'}",
+        "",
+        "[program:worker]",
+        f"command={python} worker.py",
+        *program_common,
+        f"stdout_logfile={root / 'worker.out.log'}",
+        f"stderr_logfile={root / 'worker.err.log'}",
+    ]
+    return "\n".join(lines) + "\n"
