@@ -23,17 +23,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from deploytools.sandbox import PYPY, Fleet, Variant, start_variant_fleet, write_variant_app
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = [
-    Variant("s0", startsecs=0, health="revision"),
-    Variant("s3", startsecs=3, health="text", worker_procs=2),
-    Variant("link", symlinked_deploy_to=True, stopasgroup=False),
-    Variant("pypy", python=PYPY),
-    Variant("gu", app="gunicorn"),
-    Variant("guoff", app="gunicorn", stopasgroup=False, stubborn_workers=True),
-]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # run straight from a checkout
+
+from deploytools.sandbox import (  # noqa: E402
+    PYPY,
+    Fleet,
+    start_variant_fleet,
+    write_variant_app,
+)
+from tests.support.bytecode import write_timestamp_pyc  # noqa: E402
+from tests.support.variants import VARIANTS  # noqa: E402
 
 # guoff's workers outlive every stop on purpose (they are a planted stale situation), so
 # it takes no part in the healthy cycles: its survivors would serve old code in them.
@@ -91,35 +92,19 @@ class Bench:
         return next(p for p in reversed(releases) if p != self.current(name))
 
 
-def compile_pyc(python: str, source_text: str, stamp_from: Path | None, pyc: Path) -> None:
-    """Write a timestamp pyc of source_text with `python`, stamped with stamp_from's mtime
-    (same size + same mtime + other code = the stale case tar/rsync -t leave)."""
-    pyc.parent.mkdir(exist_ok=True)
-    scratch = pyc.parent / f".plant-{os.getpid()}.py"
-    scratch.write_text(source_text)
-    if stamp_from is not None:
-        stat = stamp_from.stat()
-        os.utime(scratch, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    script = ("import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], "
-              "doraise=True, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)")
-    try:
-        subprocess.run([python, "-c", script, str(scratch), str(pyc)], check=True)
-    finally:
-        scratch.unlink()
-
-
 def stale_pyc(bench: Bench, host: str, python: str, tag: str) -> Callable[[], None]:
     views = bench.current(host) / "sampleapp" / "views.py"
     pyc = views.parent / "__pycache__" / f"views.{tag}.pyc"
     saved = pyc.read_bytes() if pyc.exists() else None
     text = views.read_text()
-    compile_pyc(python, text.replace("hello from", "HELLO FROM"), views, pyc)
+    write_timestamp_pyc(python, text.replace("hello from", "HELLO FROM"), pyc,
+                        stamp_from=views)
     return lambda: pyc.write_bytes(saved) if saved is not None else pyc.unlink()
 
 
 def orphan_pyc(bench: Bench, host: str) -> Callable[[], None]:
     legacy = bench.current(host) / "sampleapp" / "gone.pyc"
-    compile_pyc("/usr/bin/python3", "VALUE = 'deleted module'\n", None, legacy)
+    write_timestamp_pyc("/usr/bin/python3", "VALUE = 'deleted module'\n", legacy)
     return legacy.unlink
 
 

@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -45,7 +44,13 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run straight from a checkout
 
 from deploytools.sandbox import Fleet, SimHost, start_fleet, write_sample_app  # noqa: E402
-from tests.support.faults import freeze_sshd, thaw_sshd, write_crashing_app  # noqa: E402
+from tests.support.cli import Background, Cli  # noqa: E402
+from tests.support.faults import (  # noqa: E402
+    freeze_sshd,
+    thaw_sshd,
+    write_crashing_app,
+    write_malformed_health_app,
+)
 
 KINDS = (
     "sigkill_prepare", "sigkill_activate", "sigint", "sigterm", "frozen_host", "disk_full",
@@ -62,7 +67,6 @@ DISK_HOST = "web4"
 DISK_SIZE = "24m"
 # Low enough that a frozen host times out in seconds, high enough for a loaded 2-core box.
 SSH_TIMEOUTS = {"connect_timeout": 3, "command_timeout": 15, "host_timeout": 20}
-MALFORMED_REPLY = 'self.wfile.write(b"NOT-HTTP garbage\\r\\n\\r\\n")'
 
 
 def log(message: str) -> None:
@@ -70,58 +74,6 @@ def log(message: str) -> None:
 
 
 # =========================================================================== runs
-
-
-class Run:
-    """An `inv` command in the background, output collected line by line."""
-
-    def __init__(self, inventory: Path, *args: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "DEPLOYTOOLS_INVENTORY"}
-        env["CI"] = "1"
-        env["PYTHONPATH"] = str(REPO_ROOT)
-        command = [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), *args,
-                   "--inventory", str(inventory)]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env, start_new_session=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def wait_for(self, needle: str, timeout: float = 60) -> bool:
-        """True once a line contains needle; False if the run ended or time ran out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(needle in line for line in list(self.lines)):
-                return True
-            if self.proc.poll() is not None:
-                return any(needle in line for line in list(self.lines))
-            time.sleep(0.02)
-        return False
-
-    def finish(self, timeout: float = RUN_TIMEOUT) -> int:
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            code = -9
-        self._reader.join(5)
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL by PID (never by name) and reap."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        self.proc.wait()
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
 
 
 # =========================================================================== state
@@ -146,7 +98,7 @@ class Soak:
     workdir: Path
     rng: random.Random
     tally: Tally = field(default_factory=Tally)
-    live: list[Run] = field(default_factory=list)
+    live: list[Background] = field(default_factory=list)
     sentinels: dict[str, dict[str, Any]] = field(default_factory=dict)
     mounted: list[Path] = field(default_factory=list)
     versions: int = 0
@@ -159,19 +111,6 @@ class Soak:
         git(self.repo, "add", "-A")
         git(self.repo, "-c", "user.email=s@example.com", "-c", "user.name=soak", "commit",
             "-q", "--allow-empty", "-m", tag)
-
-    def commit_malformed(self, tag: str) -> None:
-        """A release whose /health answers bytes that are not HTTP (BadStatusLine)."""
-        self.versions += 1
-        write_sample_app(self.repo, f"{tag}-{self.versions}")
-        app = self.repo / "app.py"
-        text = app.read_text()
-        needle = 'self.reply(status, "application/json", body)'
-        assert needle in text, "sample app changed: cannot plant a malformed /health"
-        app.write_text(text.replace(needle, MALFORMED_REPLY, 1))
-        git(self.repo, "add", "-A")
-        git(self.repo, "-c", "user.email=s@example.com", "-c", "user.name=soak", "commit",
-            "-q", "-m", tag)
 
     # ---- inventories
     def inventory(self, name: str, hooks: dict[str, list[str]] | None = None) -> Path:
@@ -186,14 +125,17 @@ class Soak:
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
-    def start(self, action: str, inventory: Path, *extra: str) -> Run:
-        run = Run(inventory, action, "--hosts", "prod", *extra)
+    def start(self, action: str, inventory: Path, *extra: str) -> Background:
+        """`inv ACTION --hosts prod` in a process group of its own (SIGINT goes to the
+        group, as a terminal's Ctrl-C does)."""
+        run = Background(Cli(inventory), action, "--hosts", "prod", *extra,
+                         new_session=True, CI="1", PYTHONPATH=str(REPO_ROOT))
         self.live.append(run)
         return run
 
     def stop_runs(self) -> None:
         for run in self.live:
-            run.kill()
+            run.stop()
         self.live.clear()
 
 
@@ -365,12 +307,12 @@ def signal_during(soak: Soak, action: str, sig: int, where: str | None = None) -
         needle, hooks = phase_needle(soak.rng)
     inventory = soak.inventory(needle.split()[0], hooks)
     run = soak.start(action, inventory)
-    seen = run.wait_for(needle)
+    seen = run.saw(lambda line: needle in line)
     delay = soak.rng.uniform(0, 0.9)
     time.sleep(delay)
     if run.proc.poll() is None:
         os.killpg(run.proc.pid, sig) if sig == signal.SIGINT else run.proc.send_signal(sig)
-    code = run.finish()
+    code = run.finish(RUN_TIMEOUT)[0]
     return f"{signal.Signals(sig).name} {delay:.2f}s into {needle} (seen={seen}), exit {code}"
 
 
@@ -379,19 +321,19 @@ def fault_frozen(soak: Soak, action: str) -> str:
     if soak.rng.random() < 0.3:
         freeze_sshd(host)  # hangs before the banner: connect times out
         try:
-            code = soak.start(action, soak.inventory("plain")).finish()
+            code = soak.start(action, soak.inventory("plain")).finish(RUN_TIMEOUT)[0]
         finally:
             thaw_sshd(host)
         return f"{host.name} sshd listener frozen before the run, exit {code}"
     needle, hooks = ("after_switch hook", {"after_switch": [SLOW_HOOK]}) \
         if action == "rollback" else phase_needle(soak.rng)
     run = soak.start(action, soak.inventory(needle.split()[0], hooks))
-    run.wait_for(needle)
+    run.saw(lambda line: needle in line)
     delay = soak.rng.uniform(0, 0.9)
     time.sleep(delay)
     frozen = freeze(session_pids(host))
     try:
-        code = run.finish()
+        code = run.finish(RUN_TIMEOUT)[0]
     finally:
         thaw(frozen)
     return f"{host.name} session ({len(frozen)} pids) frozen {delay:.2f}s into {needle}, " \
@@ -409,7 +351,7 @@ def fault_disk_full(soak: Soak, action: str) -> str:
     time.sleep(delay)
     filler = fill_disk(host.deploy_to)
     try:
-        code = run.finish()
+        code = run.finish(RUN_TIMEOUT)[0]
     finally:
         filler.unlink(missing_ok=True)
     return f"{host.name} disk filled {delay:.2f}s after start, exit {code}"
@@ -417,12 +359,12 @@ def fault_disk_full(soak: Soak, action: str) -> str:
 
 def fault_bad_release(soak: Soak, kind: str) -> str:
     if kind == "malformed_health":
-        soak.commit_malformed(kind)
+        soak.commit(kind, writer=write_malformed_health_app, mode="garbage")
     elif kind == "health_failing":
         soak.commit(kind, health_status=500)
     else:
         soak.commit(kind, writer=write_crashing_app)
-    code = soak.start("deploy", soak.inventory("plain")).finish()
+    code = soak.start("deploy", soak.inventory("plain")).finish(RUN_TIMEOUT)[0]
     return f"bad release ({kind}), exit {code}"
 
 
@@ -432,7 +374,7 @@ def fault_concurrent(soak: Soak, action: str) -> str:
     delay = soak.rng.uniform(0, 3.0)
     time.sleep(delay)
     second = soak.start("deploy", soak.inventory("plain"))
-    codes = (first.finish(), second.finish())
+    codes = (first.finish(RUN_TIMEOUT)[0], second.finish(RUN_TIMEOUT)[0])
     return f"second deploy {delay:.2f}s after the first, exits {codes}"
 
 
@@ -440,7 +382,7 @@ def fault_unreachable(soak: Soak, action: str) -> str:
     host = soak.rng.choice(soak.fleet.hosts)
     host.stop_sshd()
     try:
-        code = soak.start(action, soak.inventory("plain")).finish()
+        code = soak.start(action, soak.inventory("plain")).finish(RUN_TIMEOUT)[0]
     finally:
         host.start_sshd()
     return f"{host.name} sshd stopped for the run, exit {code}"
@@ -476,7 +418,7 @@ def inject(soak: Soak, kind: str, action: str) -> str:
 def normal_deploy(soak: Soak, tag: str) -> tuple[int, str]:
     soak.commit(tag)
     run = soak.start("deploy", soak.inventory("plain"))
-    return run.finish(), run.output
+    return run.finish(RUN_TIMEOUT)
 
 
 def repair(soak: Soak, cycle: int) -> tuple[bool, bool]:
@@ -488,11 +430,11 @@ def repair(soak: Soak, cycle: int) -> tuple[bool, bool]:
     soak.tally.problems.append(f"cycle {cycle}: next normal deploy exited {code}: "
                                + tail(out))
     if leaked:
-        soak.start("unlock", soak.inventory("plain"), "--force").finish()
+        soak.start("unlock", soak.inventory("plain"), "--force").finish(RUN_TIMEOUT)[0]
     code, out = normal_deploy(soak, f"repair-{cycle}")
     if code != 0:
         soak.tally.problems.append(f"cycle {cycle}: repair deploy exited {code}: " + tail(out))
-        soak.start("unlock", soak.inventory("plain"), "--force").finish()
+        soak.start("unlock", soak.inventory("plain"), "--force").finish(RUN_TIMEOUT)[0]
         normal_deploy(soak, f"repair2-{cycle}")
     return leaked, True
 

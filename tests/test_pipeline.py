@@ -182,7 +182,8 @@ def test_skip_unchanged_is_a_fast_no_op(cli: Cli, fleet3: Fleet, app_repo: AppRe
     assert fleet3.host("web3").health()["release"] == current_release(fleet3.host("web3").deploy_to)
 
 
-def test_lock_held_by_someone_else(cli: Cli, fleet3: Fleet) -> None:
+def test_lock_held_by_someone_else(cli: Cli, fleet3: Fleet, app_repo: AppRepo) -> None:
+    serving_release(cli, fleet3, app_repo)  # the hosts have their state directory
     host = fleet3.host("web1")
     lock = host.deploy_to / ".deploytools" / "lock"
     lock.mkdir()

@@ -22,6 +22,7 @@ from tests.support.apprepo import AppRepo
 from tests.support.cli import Background, Cli
 from tests.support.fleets import cli_for, make_fleet
 from tests.support.layout import current_release, health_releases, release_dirs
+from tests.support.procfs import process_tree
 
 
 @pytest.fixture(scope="module")
@@ -143,20 +144,7 @@ def test_unreachable_host_and_max_failures(rcli: Cli, fleet4: Fleet, app_repo: A
 def sshd_processes(host: SimHost) -> list[int]:
     """The host's listening sshd and every session process under it."""
     assert host.sshd_pid
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = [], [host.sshd_pid]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
+    return process_tree(host.sshd_pid)
 
 
 def test_frozen_host_times_out_and_the_rest_stays_consistent(

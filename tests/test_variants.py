@@ -32,18 +32,12 @@ from deploytools.sandbox import (
     write_variant_app,
 )
 from tests.support.apprepo import AppRepo
+from tests.support.bytecode import write_timestamp_pyc
 from tests.support.cli import Cli
 from tests.support.fleets import require_sshd
 from tests.support.layout import current_release, release_dirs
-
-VARIANTS = [
-    Variant("s0", startsecs=0, health="revision"),
-    Variant("s3", startsecs=3, health="text", worker_procs=2),
-    Variant("link", symlinked_deploy_to=True, stopasgroup=False),
-    Variant("pypy", python=PYPY),
-    Variant("gu", app="gunicorn"),
-    Variant("guoff", app="gunicorn", stopasgroup=False, stubborn_workers=True),
-]
+from tests.support.procfs import children
+from tests.support.variants import VARIANTS
 
 
 @pytest.fixture(scope="module")
@@ -103,19 +97,6 @@ def supervised_pids(sim: SimHost) -> dict[str, int]:
     with sim.supervisor_rpc() as rpc:
         return {f"{i['group']}:{i['name']}": int(i["pid"])
                 for i in rpc.supervisor.getAllProcessInfo() if i["pid"]}
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
 
 
 def kill_pids(pids: list[int]) -> None:
@@ -235,22 +216,11 @@ def test_a_server_started_by_hand_from_an_older_release_is_named(vcli: Cli, vfle
 
 def plant_pyc(python: str, source: Path, pyc: Path, *, same_stamp_other_code: bool) -> None:
     """Write `pyc` with `python` in timestamp mode; with same_stamp_other_code the code
-    comes from an edited copy of the same size and mtime (the stale case tar/rsync -t
-    leave)."""
+    comes from an edited copy of the same size and mtime."""
     text = source.read_text()
     edited = text.replace("hello from", "HELLO FROM") if same_stamp_other_code else text
     assert len(edited) == len(text)
-    scratch = pyc.parent / (".plant-" + source.name)
-    pyc.parent.mkdir(exist_ok=True)
-    scratch.write_text(edited)
-    stat = source.stat()
-    os.utime(scratch, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    script = ("import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], "
-              "doraise=True, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)")
-    try:
-        subprocess.run([python, "-c", script, str(scratch), str(pyc)], check=True)
-    finally:
-        scratch.unlink()
+    write_timestamp_pyc(python, edited, pyc, stamp_from=source)
 
 
 def test_pypy_host_checks_bytecode_with_its_own_interpreter(vcli: Cli, vfleet: Fleet) -> None:

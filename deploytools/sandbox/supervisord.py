@@ -21,10 +21,7 @@ def supervisor_proxy(socket_path: Path | str, timeout: float = 5.0) -> xmlrpc.cl
     )
 
 
-
-
 def _supervisord_conf_text(sim: SimHost, python: str) -> str:
-    root = sim.root
     program_common = [
         f"directory={sim.deploy_to / 'current'}",
         "autostart=false",
@@ -35,6 +32,16 @@ def _supervisord_conf_text(sim: SimHost, python: str) -> str:
         "stopasgroup=true",
         "killasgroup=true",
     ]
+    return supervisord_conf_text(
+        sim, f"{python} app.py --bind {sim.address} --port {sim.app_port}",
+        f"{python} worker.py", program_common)
+
+
+def supervisord_conf_text(sim: SimHost, app_command: str, worker_command: str,
+                          program_common: list[str], worker_procs: int = 1) -> str:
+    """A host's whole supervisord.conf: the daemon on the host's socket, and the
+    ``app`` and ``worker`` programs with their settings and log files."""
+    root = sim.root
     lines = [
         "[unix_http_server]",
         f"file={sim.supervisor_socket}",
@@ -60,15 +67,25 @@ def _supervisord_conf_text(sim: SimHost, python: str) -> str:
         f"serverurl=unix://{sim.supervisor_socket}",
         "",
         "[program:app]",
-        f"command={python} app.py --bind {sim.address} --port {sim.app_port}",
+        f"command={app_command}",
         *program_common,
         f"stdout_logfile={root / 'app.out.log'}",
         f"stderr_logfile={root / 'app.err.log'}",
         "",
         "[program:worker]",
-        f"command={python} worker.py",
+        f"command={worker_command}",
         *program_common,
-        f"stdout_logfile={root / 'worker.out.log'}",
-        f"stderr_logfile={root / 'worker.err.log'}",
     ]
+    if worker_procs > 1:
+        lines += [
+            f"numprocs={worker_procs}",
+            "process_name=%(program_name)s_%(process_num)d",
+            f"stdout_logfile={root / 'worker-%(process_num)d.out.log'}",
+            f"stderr_logfile={root / 'worker-%(process_num)d.err.log'}",
+        ]
+    else:
+        lines += [
+            f"stdout_logfile={root / 'worker.out.log'}",
+            f"stderr_logfile={root / 'worker.err.log'}",
+        ]
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ from deploytools.sandbox.env import _STOP_TIMEOUT, _SUPERVISORD_READY_TIMEOUT
 from deploytools.sandbox.errors import FleetStartError
 from deploytools.sandbox.fleet import Fleet, start_fleet
 from deploytools.sandbox.host import SimHost
-from deploytools.sandbox.supervisord import _supervisord_conf_text
+from deploytools.sandbox.supervisord import supervisord_conf_text
 
 # --------------------------------------------------------------------------- variants
 #
@@ -127,33 +127,10 @@ def _variant_app_command(sim: SimHost, variant: Variant, python: str) -> str:
 
 
 def _variant_supervisord_conf_text(sim: SimHost, python: str, variant: Variant) -> str:
-    """The plain host's supervisord.conf with its programs replaced by the variant's."""
-    head = _supervisord_conf_text(sim, python).split("\n[program:app]", 1)[0]
-    common = _variant_program_lines(sim, variant)
-    root = sim.root
-    lines = [
-        head.rstrip("\n"),
-        "",
-        "[program:app]",
-        f"command={_variant_app_command(sim, variant, python)}",
-        *common,
-        f"stdout_logfile={root / 'app.out.log'}",
-        f"stderr_logfile={root / 'app.err.log'}",
-        "",
-        "[program:worker]",
-        f"command={python} worker.py",
-        *common,
-        f"stdout_logfile={root / 'worker.out.log'}",
-        f"stderr_logfile={root / 'worker.err.log'}",
-    ]
-    if variant.worker_procs > 1:
-        lines[-2:] = [
-            f"numprocs={variant.worker_procs}",
-            "process_name=%(program_name)s_%(process_num)d",
-            f"stdout_logfile={root / 'worker-%(process_num)d.out.log'}",
-            f"stderr_logfile={root / 'worker-%(process_num)d.err.log'}",
-        ]
-    return "\n".join(lines) + "\n"
+    """The plain host's supervisord.conf with its programs shaped by the variant."""
+    return supervisord_conf_text(
+        sim, _variant_app_command(sim, variant, python), f"{python} worker.py",
+        _variant_program_lines(sim, variant), worker_procs=variant.worker_procs)
 
 
 def _apply_variant(sim: SimHost, variant: Variant, fleet_python: str) -> None:

@@ -73,12 +73,17 @@ class Cli:
 
 
 class Background:
-    """An `inv` run in the background whose output can be waited on line by line."""
+    """An `inv` run in the background whose output can be waited on line by line.
 
-    def __init__(self, cli: Cli, *args: str) -> None:
+    `new_session` puts it in a process group of its own, so a SIGINT can go to the
+    whole group as a terminal's Ctrl-C does."""
+
+    def __init__(self, cli: Cli, *args: str, new_session: bool = False,
+                 **env: str) -> None:
         self.proc = subprocess.Popen(inv_command(*args, inventory=cli.inventory),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=clean_env())
+                                     text=True, env=clean_env(**env),
+                                     start_new_session=new_session)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -88,23 +93,38 @@ class Background:
         for line in self.proc.stdout:
             self.lines.append(line)
 
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 60) -> None:
+    def saw(self, predicate: Callable[[str], bool], timeout: float = 60) -> bool:
+        """True once a line satisfies predicate; False if the run ended or time ran out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(predicate(line) for line in list(self.lines)):
-                return
+                return True
             if self.proc.poll() is not None:
-                break
+                self._reader.join(5)
+                return any(predicate(line) for line in list(self.lines))
             time.sleep(0.02)
-        raise AssertionError("never saw the expected line:\n" + "".join(self.lines))
+        return False
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 60) -> None:
+        if not self.saw(predicate, timeout):
+            raise AssertionError("never saw the expected line:\n" + "".join(self.lines))
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
 
     def finish(self, timeout: float = 120) -> tuple[int, str]:
-        code = self.proc.wait(timeout=timeout)
+        """The exit code and output; a run still going after `timeout` is killed (-9)."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            code = -9
         self._reader.join(5)
-        return code, "".join(self.lines)
+        return code, self.output
 
     def stop(self) -> None:
-        """Kill the run by PID if a failed test left it going, and reap it."""
+        """Kill the run by PID if it is still going, and reap it."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
