@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from deploytools.inventory import merge_settings
 from deploytools.sandbox.env import (
     _SSHD_READY_TIMEOUT,
     _STOP_TIMEOUT,
@@ -144,7 +145,8 @@ class Fleet:
             "supervisor": {"conf": str(sim.supervisor_conf)},
         }
         if sim.variant is not None:
-            entry = merge_variant_settings(entry, sim.variant.host_settings())
+            # merged as the inventory merges them; copied so hosts never share a map
+            entry = merge_settings(entry, copy.deepcopy(sim.variant.host_settings()))
         return entry
 
     def stop(self) -> None:
@@ -213,19 +215,6 @@ def _stop_live_fleets() -> None:
         if fleet._owner_pid == os.getpid():
             with contextlib.suppress(Exception):
                 fleet.stop()
-
-
-
-
-def merge_variant_settings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Maps merge key by key (as the inventory does), other values replace."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_variant_settings(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def start_fleet(count: int, root: Path | None = None, prefix: str = "web") -> Fleet:
