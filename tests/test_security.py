@@ -22,7 +22,7 @@ from deploytools.transport import agent_digest
 from tests.support.apprepo import AppRepo
 from tests.support.cli import Cli
 from tests.support.faults import write_malformed_health_app
-from tests.support.fleets import cli_for, make_fleet
+from tests.support.fleets import cli_for, make_fleet, serving_release
 from tests.support.layout import current_release, health_releases
 
 INTRUDER_UID = 65534  # "nobody": another user than the SSH user (root)
@@ -103,7 +103,8 @@ def test_planted_agent_cache_is_never_executed(cli: Cli, fleet: Fleet, app_repo:
         shutil.rmtree(host.home / ".cache", ignore_errors=True)
 
 
-def test_fresh_host_caches_agent_privately(cli: Cli, fleet: Fleet) -> None:
+def test_fresh_host_caches_agent_privately(cli: Cli, fleet: Fleet, app_repo: AppRepo) -> None:
+    serving_release(cli, fleet, app_repo)  # status needs a release to report on
     cli("status", "--hosts", "prod", check=True)
     for host in fleet.hosts:
         cache = host.home / ".cache" / "deploytools"
