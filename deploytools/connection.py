@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from deploytools import access
+from deploytools.costs import CostBook
 from deploytools.inventory import Host
 from deploytools.remote.protocol import Request
 from deploytools.transport import AgentCall, Answer, HostConnection
@@ -26,6 +27,7 @@ class Connection(Protocol):
     commands: int
     requests: int
     bytes_sent: int
+    costs: CostBook  # what each operation cost, both ends
 
     @property
     def fabric(self) -> Any: ...  # the Fabric connection for local Python hooks, if any
@@ -33,6 +35,8 @@ class Connection(Protocol):
     def open(self) -> None: ...
 
     def start_agent(self) -> None: ...
+
+    def io_thread_id(self) -> int | None: ...  # the thread reading it, for its CPU
 
     def call(self, request: Request, on_event: Callable[[str], None] | None = None,
              timeout: float | None = None, answer: Answer | None = None) -> AgentCall: ...

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deploytools import __version__
+from deploytools.costs import run_cost
 from deploytools.fleetrun import RunResult
 from deploytools.hoststate import HostRun
 from deploytools.masking import mask_secrets
@@ -54,6 +55,7 @@ def host_entry(run: HostRun) -> dict[str, Any]:
             "requests": conn.requests if conn else 0,
             "bytes_sent": conn.bytes_sent if conn else 0,
         },
+        "cost": conn.costs.report() if conn else {},
     }
     if verify.get("checks") is not None:
         entry["checks"] = [{"check": c["check"], "ok": c["ok"], "detail": c["detail"],
@@ -98,6 +100,7 @@ def build_report(result: RunResult, options: dict[str, Any]) -> dict[str, Any]:
             "seconds": round(result.ended_at - result.started_at, 3),
             "dry_run": bool(options.get("dry_run")),
             "options": {k: v for k, v in options.items() if v is not None},
+            "cost": run_cost(),
         },
         "exit_code": int(result.exit_code),
         "outcome": result.exit_code.name.lower(),

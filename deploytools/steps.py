@@ -53,8 +53,9 @@ def connect(run: HostRun) -> None:
     its agent session, which loads on the host while the controller goes on."""
     step_started = time.monotonic()
     run.conn = run.connector(run.host)
-    run.conn.open()
-    run.conn.start_agent()
+    with run.conn.costs.measure("connect", run.conn):
+        run.conn.open()
+        run.conn.start_agent()
     run.state = CONNECTED
     run.timings["connect"] = time.monotonic() - step_started
 

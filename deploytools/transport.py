@@ -27,6 +27,7 @@ import paramiko
 from fabric import Connection
 
 from deploytools import access
+from deploytools.costs import CostBook
 from deploytools.errors import ConfigError, RemoteError, UnreachableError
 from deploytools.inventory import Host
 from deploytools.remote.protocol import Request
@@ -34,7 +35,7 @@ from deploytools.ssh import Held, connect, release_jumps
 
 REMOTE_MODULES = (  # in load order: a module's imports come before it
     "protocol", "bytecode", "health", "releases", "intact", "processes", "locking", "supervisor",
-    "supervisorctl", "hooks", "build", "verify", "agent",
+    "supervisorctl", "hooks", "build", "verify", "unpack", "cost", "agent",
 )
 
 AGENT_CACHE_MISS = 75  # the bootstrap's exit status when the host lacks this agent
@@ -101,6 +102,7 @@ class HostConnection:
         self.requests = 0  # agent requests (round trips) over those commands
         self.bytes_sent = 0
         self.connections = 0
+        self.costs = CostBook()  # per operation, both ends (the JSON report's `cost`)
         self._send_agent = False  # True once the host's cache proved to lack this agent
         self._conn: Connection | None = None
         self._channel: paramiko.Channel | None = None  # the agent session, once started
@@ -136,6 +138,11 @@ class HostConnection:
         self.endpoint = endpoint
         conn, self._jumps = connect(host.name, endpoint, ssh)
         return conn
+
+    def io_thread_id(self) -> int | None:
+        """The OS id of the paramiko thread that reads (and decrypts) this connection."""
+        transport = self._conn.transport if self._conn is not None else None
+        return getattr(transport, "native_id", None)
 
     @property
     def fabric(self) -> Connection | None:
@@ -183,11 +190,14 @@ class HostConnection:
         wire = dict(request.to_wire(), time_limit=float(ssh["command_timeout"]),
                     streams=answer is not None)
         deadline = timeout or float(ssh["command_timeout"]) + 15
-        call, status = self._exchange(request.op, wire, on_event, answer, deadline)
-        if status == AGENT_CACHE_MISS and call.result is None and call.error is None:
-            # The host lacks this agent version: send it inline (it caches it for next time).
-            self._send_agent = True
+        with self.costs.measure(request.op, self) as host_cost:
             call, status = self._exchange(request.op, wire, on_event, answer, deadline)
+            if status == AGENT_CACHE_MISS and call.result is None and call.error is None:
+                # The host lacks this agent: send it inline (it caches it for next time).
+                self._send_agent = True
+                call, status = self._exchange(request.op, wire, on_event, answer, deadline)
+            if call.result is not None and isinstance(call.result.get("cost"), dict):
+                host_cost.update(call.result.pop("cost"))
         if call.result is None and call.error is None:
             raise RemoteError(self.host.name, self._no_result(status, call.stderr))
         return call

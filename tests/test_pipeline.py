@@ -87,6 +87,14 @@ def test_json_report_of_a_mixed_run_matches_the_fleet(cli: Cli, fleet3: Fleet,
     assert web1["health"]["ok"] is True and web1["phases"]["prepare"] > 0
     web2 = next(h for h in document["hosts"] if h["name"] == "web2")
     assert "version is" in web2["error"]
+    # what each step cost, both ends: the agent measures itself, its sshd and supervisord
+    cost = web1["cost"]
+    assert {"connect", "agent_start", "preflight", "prepare", "activate", "finish"} <= set(cost)
+    assert cost["prepare"]["bytes_sent"] > 0 and cost["prepare"]["files_written"] >= 1
+    assert cost["prepare"]["agent_cpu_s"] > 0 and cost["agent_start"]["agent_cpu_s"] > 0
+    assert cost["prepare"]["sshd_cpu_s"] is not None  # root may read its sshd's /proc
+    assert cost["activate"]["supervisord_cpu_s"] is not None
+    assert document["run"]["cost"]["controller_cpu_s"] > 0
 
 
 def test_every_task_writes_a_valid_report(cli: Cli, fleet3: Fleet, app_repo: AppRepo,

@@ -26,7 +26,18 @@ import time
 import zlib
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional
 
-from deploytools.remote import build, bytecode, health, hooks, locking, processes, protocol, verify
+from deploytools.remote import (
+    build,
+    bytecode,
+    cost,
+    health,
+    hooks,
+    locking,
+    processes,
+    protocol,
+    unpack,
+    verify,
+)
 from deploytools.remote.bytecode import pyc_path
 from deploytools.remote.health import expand_placeholders
 from deploytools.remote.intact import intact_files, record_intact
@@ -286,6 +297,7 @@ def receive_files(layout: Layout, partial: str, stream: BinaryIO, result: Dict[s
     shipped_pycs = extract(stream, int(stream.readline()), partial)[0] \
         if plan.get("pycs_follow") else 0
     timings["transfer"] = round(time.time() - started, 3)
+    cost.add("files_written", 0, count + shipped_pycs)
     result.update(files=len(files), linked=linked, received=count, bytes=size,
                   base=base, shipped_pycs=shipped_pycs)
     event("%d files: %d received (%d bytes), %d linked from %s" % (
@@ -314,6 +326,7 @@ def build_release(layout: Layout, partial: str, req: protocol.Prepare, files: Di
     compiled = apply_bytecode(partial, req, own_files, linked_paths,
                               layout.release(base) if base else None, base_manifest)
     timings["bytecode"] = round(time.time() - started, 3)
+    cost.add("files_written", 0, compiled.get("compiled") or compiled.get("cleared_files") or 0)
     manifest["python"] = python_facts()
     manifest["bytecode"] = dict(compiled, mode=req.bytecode,
                                 invalidation=req.pyc_invalidation,
@@ -393,51 +406,11 @@ def run_hooks_or_fail(layout: Layout, point: str, release_id: str,
 
 
 def extract(stream: BinaryIO, size: int, dest: str) -> "tuple[int, int]":
-    """Unpack exactly `size` bytes of tar from the stream into dest."""
-    import tarfile  # here, not at the top: sessions that send nothing skip its import
-
-    reader = _Limited(stream, size)
-    count = total = 0
-    tar_filter = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+    """Unpack exactly `size` bytes of the artifact into dest (see unpack.py)."""
     try:
-        with tarfile.open(fileobj=reader, mode="r|*") as archive:
-            for member in archive:
-                if member.name.startswith("/") or ".." in member.name.split("/"):
-                    raise AgentError("unsafe path in artifact: %r" % member.name)
-                if not (member.isfile() or member.isdir() or member.issym()):
-                    continue
-                archive.extract(member, dest, set_attrs=True, **tar_filter)
-                if member.isfile():
-                    count += 1
-                    total += member.size
-    except OSError as exc:
-        if exc.errno == 28:
-            raise AgentError("disk full while unpacking into %s" % dest, "disk_full") from None
-        raise
-    reader.drain()
-    if reader.remaining:
-        raise AgentError("artifact stream ended early (%d bytes missing)" % reader.remaining)
-    return count, total
-
-
-class _Limited:
-    """A read-only stream that stops after `size` bytes (the request may continue)."""
-
-    def __init__(self, stream: BinaryIO, size: int) -> None:
-        self.stream = stream
-        self.remaining = size
-
-    def read(self, n: int = -1) -> bytes:
-        if self.remaining <= 0:
-            return b""
-        n = self.remaining if n < 0 else min(n, self.remaining)
-        data = self.stream.read(n)
-        self.remaining -= len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.remaining > 0 and self.read(65536):
-            pass
+        return unpack.extract(stream, size, dest)
+    except unpack.UnpackError as exc:
+        raise AgentError(str(exc), exc.kind) from None
 
 
 def apply_bytecode(root: str, req: protocol.Prepare, files: Dict[str, str], linked: "set[str]",
@@ -581,6 +554,7 @@ def restart(layout: Layout, req: protocol.Activate) -> List[Dict[str, Any]]:
     sup = connect(sup_settings, timeout=float(sup_settings.get("stop_timeout") or 60) + 5)
     names = sup.expand(list(sup_settings["programs"]))
     rows = [{"name": name, "old_pid": sup.info(name).get("pid") or None} for name in names]
+    supervisord = cost.process_cpu(sup.pid())
     sup.stop_all(names, float(sup_settings.get("stop_timeout") or 60))
     event("stopped %s" % ", ".join(names))
     release_dir = layout.current
@@ -588,6 +562,7 @@ def restart(layout: Layout, req: protocol.Activate) -> List[Dict[str, Any]]:
     start_timeout = float(sup_settings.get("start_timeout") or 60)
     infos = sup.start_all(names, start_timeout)
     parent = sup.pid()
+    cost.add("supervisord_cpu_s", supervisord, cost.process_cpu(parent))
     for row in rows:
         info = infos[row["name"]]
         seen = processes.judge(info["pid"], release_dir, switched_at, parent, start_timeout)
@@ -789,6 +764,9 @@ def time_limit_hit(signum: int, frame: Any) -> None:
     raise AgentError("remote step hit its time limit (ssh.command_timeout)", "timeout")
 
 
+STARTUP: List[Dict[str, Any]] = []  # the session's start-up cost, until reported
+
+
 def serve(wire: Dict[str, Any], stream: BinaryIO) -> bool:
     """Answer one request; False when the session must end after it: a failed request
     that streamed data may have left part of it unread (the error says so)."""
@@ -799,7 +777,12 @@ def serve(wire: Dict[str, Any], stream: BinaryIO) -> bool:
                 req.locked:
             raise AgentError("this run no longer holds the deploy lock on this host (another "
                              "run took it over); nothing was changed", "lock_lost")
-        emit("result", OPS[req.op](req, stream))
+        meter = cost.Meter()
+        result = OPS[req.op](req, stream)
+        result["cost"] = meter.stop()
+        if STARTUP:
+            result["cost"]["startup"] = STARTUP.pop()  # reported once, with the first result
+        emit("result", result)
         return True
     except protocol.ProtocolError as exc:
         emit("error", {"message": "bad request: %s" % exc, "kind": exc.kind,
@@ -818,6 +801,7 @@ def serve(wire: Dict[str, Any], stream: BinaryIO) -> bool:
 def main() -> None:
     """Serve requests until the controller closes stdin (the end of its run), or until
     a request ends the session (the controller starts a new one if it needs to)."""
+    STARTUP.append(cost.startup())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the SSH session may end before we do
     signal.signal(signal.SIGALRM, time_limit_hit)
     stream = sys.stdin.buffer

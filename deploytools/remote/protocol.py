@@ -15,6 +15,7 @@ import dataclasses
 from typing import Any, ClassVar, Dict, Optional, Tuple, Type, Union
 
 TRANSPORT_FIELDS = ("time_limit", "streams")  # added by transport.call, read by agent.main
+RESULT_FIELDS = ("cost",)  # added to every result by agent.serve, read by transport.call
 
 # An error answer's `kind`: what failed, for logs and tests (the agent ends the session on
 # "timeout"; the controller acts on the answer's `ends_session`, never on the kind).
@@ -238,7 +239,7 @@ class ReleasesResult:
 
     @classmethod
     def from_wire(cls, wire: Dict[str, Any]) -> "ReleasesResult":
-        return _build(cls, cls.op, wire, ())  # type: ignore[no-any-return]
+        return _build(cls, cls.op, wire, RESULT_FIELDS)  # type: ignore[no-any-return]
 
 
 @dataclasses.dataclass
@@ -254,4 +255,4 @@ class ResolveRollbackResult:
 
     @classmethod
     def from_wire(cls, wire: Dict[str, Any]) -> "ResolveRollbackResult":
-        return _build(cls, cls.op, wire, ())  # type: ignore[no-any-return]
+        return _build(cls, cls.op, wire, RESULT_FIELDS)  # type: ignore[no-any-return]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploytools.costs import CostBook
 from deploytools.errors import UnreachableError
 from deploytools.inventory import Host, parse_inventory
 from deploytools.remote import protocol
@@ -177,6 +178,10 @@ class FakeConnection:
     def __init__(self, host: FakeHost) -> None:
         self.fake = host
         self.connections = self.commands = self.requests = self.bytes_sent = 0
+        self.costs = CostBook()
+
+    def io_thread_id(self) -> None:
+        return None
 
     def open(self) -> None:
         if self.fake.script.unreachable:

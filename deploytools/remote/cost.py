@@ -1,0 +1,102 @@
+"""What each request costs the host, measured by the agent itself (stdlib only, 3.8+).
+
+On a fleet the controller cannot see a host's CPU, and on a simulated fleet the hosts'
+processes blur together, so the agent reports per request: its own CPU, the CPU of the
+programs it ran (tar, compile workers, hooks, supervisorctl), and the CPU of the sshd
+process that carries its session (decryption of the upload is the host's other big
+cost). supervisord's share is measured around the restart (see agent.restart). Values
+are None where the host does not let us read them (no /proc, another user's sshd).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from typing import Any, Dict, Optional
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu(pid: int) -> Optional[float]:
+    """user+system CPU seconds of a process from /proc/PID/stat, None if unreadable."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open("/proc/%d/comm" % pid, "rb") as fh:
+            return fh.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def session_sshd() -> Optional[int]:
+    """The nearest sshd ancestor (the session's unprivileged child, which does the
+    crypto); None when the agent does not run under sshd or /proc hides it."""
+    pid = os.getppid()
+    for _ in range(8):  # timeout, sudo and a shell may sit in between
+        if pid <= 1:
+            return None
+        if _comm(pid).startswith("sshd"):
+            return pid
+        pid = _parent(pid)
+    return None
+
+
+_extra: Dict[str, float] = {}  # measured inside a request by its op (see add)
+
+
+def add(key: str, before: Optional[float], after: Optional[float]) -> None:
+    """Count another process's CPU between two readings into the running request's
+    cost (supervisord's, around a restart); nothing when either reading failed."""
+    if before is not None and after is not None:
+        _extra[key] = _extra.get(key, 0.0) + after - before
+
+
+def _own() -> "tuple[float, float]":
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+class Meter:
+    """CPU spent between `start` and `stop`, by whom (rounded to milliseconds)."""
+
+    sshd_pid = session_sshd() if os.path.isdir("/proc") else None
+
+    def __init__(self) -> None:
+        _extra.clear()
+        self.agent, self.children = _own()
+        self.sshd = process_cpu(self.sshd_pid) if self.sshd_pid else None
+
+    def stop(self) -> Dict[str, Any]:
+        agent, children = _own()
+        sshd = process_cpu(self.sshd_pid) if self.sshd_pid else None
+        return {
+            "agent_cpu_s": round(agent - self.agent, 3),
+            "children_cpu_s": round(children - self.children, 3),
+            "sshd_cpu_s": None if sshd is None or self.sshd is None
+            else round(sshd - self.sshd, 3),
+            **{key: round(value, 3) for key, value in _extra.items()},
+        }
+
+
+def startup() -> Dict[str, Any]:
+    """What the agent cost before its first request: interpreter start and loading."""
+    agent, children = _own()
+    sshd = process_cpu(Meter.sshd_pid) if Meter.sshd_pid else None
+    return {"agent_cpu_s": round(agent, 3), "children_cpu_s": round(children, 3),
+            "sshd_cpu_s": None if sshd is None else round(sshd, 3)}
