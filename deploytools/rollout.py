@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from deploytools.console import Console
 from deploytools.errors import ConfigError, DeployToolsError, LockHeldError, UnreachableError
 from deploytools.hoststate import FAILED, HEALTHY, LOCK_HELD, SKIPPED, UNREACHABLE, HostRun
+from deploytools.profiling import profiled
 
 MAX_PARALLEL = 64
 T = TypeVar("T")
@@ -140,7 +141,7 @@ def in_parallel(runs: Sequence[HostRun], step: Callable[[HostRun], None], consol
     def guarded(run: HostRun) -> None:
         error_before = run.error
         try:
-            step(run)
+            profiled(lambda: step(run))
         except UnreachableError as exc:
             run.fail(UNREACHABLE, str(exc))
         except LockHeldError as exc:

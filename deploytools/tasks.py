@@ -31,7 +31,7 @@ from typing import Any
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from deploytools import flow, operations
+from deploytools import flow, operations, profiling
 from deploytools.console import Console, make_console
 from deploytools.errors import DeployToolsError, ExitCode
 from deploytools.fleetrun import RunResult
@@ -62,7 +62,8 @@ def _run(body: Flow, *, debug: bool = False, json: str | None = None, log: str |
     console = make_console(sys.stderr if json == "-" else sys.stdout, log=log)
     action = _task_name(inspect.currentframe())
     try:
-        result = _reported(body, console, json, action, options or {})
+        result = profiling.profiled(lambda: _reported(body, console, json, action,
+                                                     options or {}))
     except KeyboardInterrupt:
         # A hard abort (second Ctrl-C): leave now, without waiting for the threads still
         # in a remote step; their agents finish that step and unlock by themselves.
@@ -82,6 +83,7 @@ def _run(body: Flow, *, debug: bool = False, json: str | None = None, log: str |
                    ExitCode.INTERNAL) from None
     finally:
         console.close()
+        profiling.write_controller()
     if result is None:
         return
     if json:

@@ -26,7 +26,7 @@ from typing import Any
 import paramiko
 from fabric import Connection
 
-from deploytools import access
+from deploytools import access, profiling
 from deploytools.costs import CostBook
 from deploytools.errors import ConfigError, RemoteError, UnreachableError
 from deploytools.inventory import Host
@@ -103,6 +103,7 @@ class HostConnection:
         self.bytes_sent = 0
         self.connections = 0
         self.costs = CostBook()  # per operation, both ends (the JSON report's `cost`)
+        self.profile = profiling.claim_agent(host.name)  # DEPLOYTOOLS_PROFILE: one host
         self._send_agent = False  # True once the host's cache proved to lack this agent
         self._conn: Connection | None = None
         self._channel: paramiko.Channel | None = None  # the agent session, once started
@@ -189,6 +190,8 @@ class HostConnection:
         ssh = self.host.settings["ssh"]
         wire = dict(request.to_wire(), time_limit=float(ssh["command_timeout"]),
                     streams=answer is not None)
+        if self.profile:
+            wire["profile"] = True
         deadline = timeout or float(ssh["command_timeout"]) + 15
         with self.costs.measure(request.op, self) as host_cost:
             call, status = self._exchange(request.op, wire, on_event, answer, deadline)
@@ -198,6 +201,8 @@ class HostConnection:
                 call, status = self._exchange(request.op, wire, on_event, answer, deadline)
             if call.result is not None and isinstance(call.result.get("cost"), dict):
                 host_cost.update(call.result.pop("cost"))
+        if call.result is not None and "profile" in call.result:
+            profiling.write_agent(self.host.name, call.result.pop("profile"))
         if call.result is None and call.error is None:
             raise RemoteError(self.host.name, self._no_result(status, call.stderr))
         return call

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pstats
 import pty
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import jsonschema
+import pytest
 import yaml
 
 from deploytools.jsonreport import SCHEMA_PATH
@@ -288,3 +290,19 @@ def test_demo_runs_end_to_end() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "every host is back on v2" in done.stdout
     assert "verify: 3 of 3 hosts pass" in done.stdout
+
+
+def test_profile_of_the_controller_and_one_agent(cli: Cli, fleet3: Fleet, app_repo: AppRepo,
+                                                 tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEPLOYTOOLS_PROFILE", str(tmp_path / "profile"))
+    app_repo.commit("profiled")
+    cli("deploy", "--hosts", "prod", check=True)
+    written = sorted(p.name for p in (tmp_path / "profile").iterdir())
+    assert written[-1] == "controller.pstats" and len(written) == 2, written
+    assert written[0] in {f"agent-{h.name}.pstats" for h in fleet3.hosts}
+    agent = pstats.Stats(str(tmp_path / "profile" / written[0]))
+    assert any(name == "op_prepare" for _, _, name in agent.stats)  # type: ignore[attr-defined]
+    controller = pstats.Stats(str(tmp_path / "profile" / "controller.pstats"))
+    assert any(name == "prepare" and path.endswith("steps.py")
+               for path, _, name in controller.stats)  # type: ignore[attr-defined]

@@ -777,11 +777,15 @@ def serve(wire: Dict[str, Any], stream: BinaryIO) -> bool:
                 req.locked:
             raise AgentError("this run no longer holds the deploy lock on this host (another "
                              "run took it over); nothing was changed", "lock_lost")
+        if wire.get("profile"):
+            cost.profile.start()
         meter = cost.Meter()
         result = OPS[req.op](req, stream)
         result["cost"] = meter.stop()
         if STARTUP:
             result["cost"]["startup"] = STARTUP.pop()  # reported once, with the first result
+        if req.op == "finish" and cost.profile.running():
+            result["profile"] = cost.profile.stop()
         emit("result", result)
         return True
     except protocol.ProtocolError as exc:

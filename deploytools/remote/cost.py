@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from typing import Any, Dict, Optional
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -100,3 +101,33 @@ def startup() -> Dict[str, Any]:
     sshd = process_cpu(Meter.sshd_pid) if Meter.sshd_pid else None
     return {"agent_cpu_s": round(agent, 3), "children_cpu_s": round(children, 3),
             "sshd_cpu_s": None if sshd is None else round(sshd, 3)}
+
+
+class _Profile:
+    """The agent's own cProfile (DEPLOYTOOLS_PROFILE on the controller): from the first
+    request that asks for it to `finish`, returned as base64 of pstats' marshal form."""
+
+    def __init__(self) -> None:
+        self._profiler: Any = None
+
+    def start(self) -> None:
+        if self._profiler is None:
+            import cProfile
+
+            self._profiler = cProfile.Profile(time.thread_time)  # CPU, not waiting
+            self._profiler.enable()
+
+    def running(self) -> bool:
+        return self._profiler is not None
+
+    def stop(self) -> str:
+        import base64
+        import marshal
+
+        profiler, self._profiler = self._profiler, None
+        profiler.disable()
+        profiler.create_stats()
+        return base64.b64encode(marshal.dumps(profiler.stats)).decode()
+
+
+profile = _Profile()

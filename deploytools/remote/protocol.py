@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Dict, Optional, Tuple, Type, Union
 
-TRANSPORT_FIELDS = ("time_limit", "streams")  # added by transport.call, read by agent.main
-RESULT_FIELDS = ("cost",)  # added to every result by agent.serve, read by transport.call
+TRANSPORT_FIELDS = ("time_limit", "streams", "profile")  # added by transport.call, read by
+# agent.main and agent.serve
+RESULT_FIELDS = ("cost", "profile")  # added to every result by agent.serve, read by transport.call
 
 # An error answer's `kind`: what failed, for logs and tests (the agent ends the session on
 # "timeout"; the controller acts on the answer's `ends_session`, never on the kind).
