@@ -218,9 +218,11 @@ def _ancestors(pid: int) -> List[int]:
     return out
 
 
-def _evidence_paths(pid: int, cmdline: List[str]) -> List[Tuple[str, str]]:
+def _evidence_paths(pid: int, cmdline: List[str], needles: Tuple[bytes, ...] = (b"/",)
+                    ) -> List[Tuple[str, str]]:
     """(kind, path) pairs naming what a process runs: cwd, exe, path arguments, mapped
-    files and open files."""
+    files and open files. Mapped files are only listed when the map mentions one of
+    `needles` (parsing every process's maps was most of a scan's CPU)."""
     out: List[Tuple[str, str]] = []
     for kind, link in (("cwd", "cwd"), ("exe", "exe")):
         target = _link("/proc/%d/%s" % (pid, link))
@@ -231,7 +233,7 @@ def _evidence_paths(pid: int, cmdline: List[str]) -> List[Tuple[str, str]]:
         if value.startswith("/"):
             out.append(("argument", value))
     maps = _read("/proc/%d/maps" % pid)
-    if maps:
+    if maps and any(needle in maps for needle in needles):
         seen = set()
         for line in maps.decode("utf-8", "replace").splitlines():
             parts = line.split(None, 5)
@@ -260,6 +262,8 @@ class Places:
         self.current = current_id
         venv = os.path.realpath(os.path.join(deploy_to, "releases", current_id or ".", ".venv"))
         self.current_venv = os.path.basename(venv) if "/shared/venvs/" in venv else None
+        # what a path of another release or venv must contain (a cheap first filter)
+        self.needles = tuple(p.encode() for p in self.releases + self.venvs)
 
     def foreign(self, path: str) -> Optional[str]:
         """What `path` belongs to when it is code of another release: 'release ID' or
@@ -300,7 +304,7 @@ def strays(deploy_to: str, current_id: Optional[str]) -> Dict[str, Any]:
         if _link("/proc/%d/cwd" % pid) is None and os.path.exists("/proc/%d" % pid):
             unreadable += 1
         hits: Dict[str, List[str]] = {}
-        for kind, path in _evidence_paths(pid, cmdline):
+        for kind, path in _evidence_paths(pid, cmdline, places.needles):
             owner = places.foreign(path)
             if owner:
                 hits.setdefault(owner, []).append("%s %s" % (kind, path))

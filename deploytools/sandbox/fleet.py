@@ -60,6 +60,7 @@ class Fleet:
     known_hosts: Path
     python: str
     user: str = "root"
+    app_server: bool = True  # False: `app` is an idle process and there is no /health
     owns_root: bool = field(default=False, repr=False)
     _stopped: bool = field(default=False, repr=False, compare=False)
     _owner_pid: int = field(default_factory=os.getpid, repr=False, compare=False)
@@ -94,7 +95,9 @@ class Fleet:
                 "interval": 0.2,
             },
         }
-        if self.hosts and all(h.variant is not None for h in self.hosts):
+        if not self.app_server:
+            merged.pop("health")
+        elif self.hosts and all(h.variant is not None for h in self.hosts):
             # Variant hosts carry their own health expectation (maps merge key by key,
             # so a default expect_json would also apply to a plain-text host).
             merged["health"].pop("expect_json")
@@ -217,8 +220,12 @@ def _stop_live_fleets() -> None:
                 fleet.stop()
 
 
-def start_fleet(count: int, root: Path | None = None, prefix: str = "web") -> Fleet:
+def start_fleet(count: int, root: Path | None = None, prefix: str = "web",
+                app_server: bool = True) -> Fleet:
     """Start ``count`` simulated hosts named ``{prefix}1..{prefix}N``; see the module doc.
+
+    ``app_server=False`` runs an idle process as ``app`` and writes inventories without
+    a health check: hundreds of hosts then cost an sshd and a supervisord each.
 
     All daemons are launched before any is waited for, so the fleet is ready in about
     the time one supervisord takes to boot. On any failure everything started so far is
@@ -261,6 +268,7 @@ def start_fleet(count: int, root: Path | None = None, prefix: str = "web") -> Fl
         known_hosts=base / "known_hosts",
         python=_host_python(),
         user=_login_user(),
+        app_server=app_server,
         owns_root=owns_root,
     )
     with _LIVE_LOCK:
@@ -306,7 +314,8 @@ def _start_hosts(fleet: Fleet, names: list[str], sshd: str) -> None:
     for sim in fleet.hosts:
         sim.authorized_keys.write_text(f"{client_pub} deploytools-fleet-client\n")
         sim.sshd_config.write_text(_sshd_config_text(sim, version))
-        sim.supervisor_conf.write_text(_supervisord_conf_text(sim, fleet.python))
+        sim.supervisor_conf.write_text(_supervisord_conf_text(sim, fleet.python,
+                                                              fleet.app_server))
         where = sim.address if sim.port == 22 else f"[{sim.address}]:{sim.port}"
         known.append(f"{where} {_public_key(sim.host_key)}\n")
     fleet.known_hosts.write_text("".join(known))

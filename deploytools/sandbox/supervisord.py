@@ -21,7 +21,12 @@ def supervisor_proxy(socket_path: Path | str, timeout: float = 5.0) -> xmlrpc.cl
     )
 
 
-def _supervisord_conf_text(sim: SimHost, python: str) -> str:
+# A program without an app server, for fleets that only measure deploying (scale runs):
+# it execs, runs in the release it was started from and uses no port or memory to speak of.
+IDLE_COMMAND = "sleep 2147483647"
+
+
+def _supervisord_conf_text(sim: SimHost, python: str, app_server: bool = True) -> str:
     program_common = [
         f"directory={sim.deploy_to / 'current'}",
         "autostart=false",
@@ -32,6 +37,8 @@ def _supervisord_conf_text(sim: SimHost, python: str) -> str:
         "stopasgroup=true",
         "killasgroup=true",
     ]
+    if not app_server:
+        return supervisord_conf_text(sim, IDLE_COMMAND, IDLE_COMMAND, program_common)
     return supervisord_conf_text(
         sim, f"{python} app.py --bind {sim.address} --port {sim.app_port}",
         f"{python} worker.py", program_common)
