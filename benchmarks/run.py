@@ -1,10 +1,20 @@
 #!/usr/bin/env python3
-"""Benchmark deploytools against a hand-written OpenSSH deploy, on a local simulated fleet.
+"""Benchmark deploytools against a hand-written OpenSSH deploy, on a local simulated
+fleet or on any fleet a deploytools inventory describes.
 
 Usage (from anywhere; the repository is found from this file's location)::
 
     python benchmarks/run.py [--hosts 1,4,16] [--repeat 3] [--modules 2000]
-                             [--out benchmarks/results] [--scale 64] [--quick]
+                             [--out benchmarks/results] [--scale 64] [--quick] [--profile]
+    python benchmarks/run.py --inventory FILE [--group prod] [--repo DIR] [--repeat 3]
+                             [--modules 2000] [--out DIR] [--profile]
+
+With ``--inventory`` the fleet is the group's hosts (no sandbox is started, ``--hosts``
+and ``--scale`` do not apply) and every host interaction goes over the real ``ssh``
+with the inventory's settings (fleet_hosts.SshHosts); the sample app is committed into
+``--repo`` and deployed through a copy of the inventory whose source is that repo.
+``--profile`` profiles the first fresh deploytools deploy per fleet (profiles.py); the
+summary's per-step cost table comes from the ``--json`` report (cost_table.py).
 
 ``--quick`` is a smoke run (hosts 1,4; repeat 1; modules 200; scale 0); any option given
 explicitly still wins over it. The default run takes about 13 minutes on a 2-core
@@ -435,10 +445,6 @@ class Bench:
 
     # ------------------------------------------------------------------ host state
 
-    def reset_hosts(self) -> None:
-        """Make every host look freshly provisioned (see the Hosts implementation)."""
-        self.hosts.reset()
-
     def check_health(self, expected: str) -> None:
         """Every host's app must answer /health from release ``expected``, right now."""
         try:
@@ -757,7 +763,7 @@ def _guarded(bench: Bench, steps: list[tuple[str, Callable[[], dict[str, Any]]]]
 
 
 def deploytools_block(bench: Bench, rep: int) -> None:
-    bench.reset_hosts()
+    bench.hosts.reset()
     fresh = bench.repo.commit_version(f"dt-n{bench.n}-r{rep}")
     state: dict[str, str] = {}
 
@@ -774,7 +780,7 @@ def deploytools_block(bench: Bench, rep: int) -> None:
 
 
 def baseline_block(bench: Bench, rep: int) -> None:
-    bench.reset_hosts()
+    bench.hosts.reset()
     fresh = bench.repo.commit_version(f"sh-n{bench.n}-r{rep}")
 
     def one_change() -> dict[str, Any]:
