@@ -428,13 +428,15 @@ class SshHosts:
                               health_poll(self.health_url(host), host.python, curl=None))
 
     def describe(self) -> dict[str, Any]:
-        """supervisord.conf (``supervisor.conf``) and the interpreter, read on each host."""
+        """supervisord.conf (``supervisor.conf``) and the interpreter, read on each host;
+        what cannot be read is None (n/a), not a failure."""
         mark = "--deploytools-bench--"
         remotes = {}
         for host in self.hosts:
             conf = host.get("supervisor.conf")
             cat = f"cat -- {shlex.quote(conf)} 2>/dev/null; " if conf else ""
-            remotes[host.name] = f"{cat}echo {mark}; {_probe_python_version(host.python)}"
+            remotes[host.name] = (f"{cat}echo {mark}; "
+                                  f"{_probe_python_version(host.python)} 2>/dev/null || true")
         facts = {}
         for name, text in self._checked(remotes, "reading settings").items():
             host = self._host(name)

@@ -732,7 +732,7 @@ def run_cases(bench: Bench, args: argparse.Namespace, meta: dict[str, Any]) -> N
     meta.setdefault("fleets", {})[str(bench.n)] = settings
     log(f"  fleet: {fleet_line(settings)}")
     if args.profile:
-        bench.profile_dir = args.out / "profile" / f"n{bench.n}"
+        bench.profile_dir = args.out.resolve() / "profile" / f"n{bench.n}"
     for rep in range(1, args.repeat + 1):
         blocks: list[Callable[[], None]] = [
             lambda rep=rep: deploytools_block(bench, rep),
@@ -974,7 +974,8 @@ def _profile_lines(summary: dict[str, Any]) -> list[str]:
             for found in data["cases"][case].get("profiles") or []:
                 lines += profiles.markdown_lines(f"{n} host(s), {label}", Path(found["dir"]),
                                                  found["written"])
-    return ["", "Profiles (`--profile`, first fresh deploy per fleet; top "
+    return ["", "Profiles (`--profile`: the first fresh deploy per fleet ran under cProfile, "
+                "so its numbers in the tables above include the profiler's overhead; top "
                 f"{profiles.TOP_FUNCTIONS} functions by cumulative time in each .txt):", "",
             *lines] if lines else []
 
