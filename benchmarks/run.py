@@ -1,10 +1,20 @@
 #!/usr/bin/env python3
-"""Benchmark deploytools against a hand-written OpenSSH deploy, on a local simulated fleet.
+"""Benchmark deploytools against a hand-written OpenSSH deploy, on a local simulated
+fleet or on any fleet a deploytools inventory describes.
 
 Usage (from anywhere; the repository is found from this file's location)::
 
     python benchmarks/run.py [--hosts 1,4,16] [--repeat 3] [--modules 2000]
-                             [--out benchmarks/results] [--scale 64] [--quick]
+                             [--out benchmarks/results] [--scale 64] [--quick] [--profile]
+    python benchmarks/run.py --inventory FILE [--group prod] [--repo DIR] [--repeat 3]
+                             [--modules 2000] [--out DIR] [--profile]
+
+With ``--inventory`` the fleet is the group's hosts (no sandbox is started, ``--hosts``
+and ``--scale`` do not apply) and every host interaction goes over the real ``ssh``
+with the inventory's settings (fleet_hosts.SshHosts); the sample app is committed into
+``--repo`` and deployed through a copy of the inventory whose source is that repo.
+``--profile`` profiles the first fresh deploytools deploy per fleet (profiles.py); the
+summary's per-step cost table comes from the ``--json`` report (cost_table.py).
 
 ``--quick`` is a smoke run (hosts 1,4; repeat 1; modules 200; scale 0); any option given
 explicitly still wins over it. The default run takes about 13 minutes on a 2-core
@@ -67,7 +77,6 @@ import os
 import platform
 import re
 import resource
-import shlex
 import shutil
 import signal
 import statistics
@@ -76,17 +85,30 @@ import sys
 import tempfile
 import threading
 import time
-import xmlrpc.client
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))  # run straight from a checkout, installed or not
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+for _path in (REPO_ROOT, BENCH_DIR):  # run straight from a checkout, installed or not
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-from deploytools.sandbox import Fleet, SimHost, start_fleet, write_sample_app  # noqa: E402
+import cost_table  # noqa: E402
+import profiles  # noqa: E402
+from fleet_hosts import (  # noqa: E402
+    Hosts,
+    HostsError,
+    SandboxHosts,
+    SshHosts,
+    write_inventory_copy,
+)
+
+from deploytools.errors import ConfigError  # noqa: E402
+from deploytools.profiling import PROFILE_ENV  # noqa: E402
+from deploytools.sandbox import start_fleet, write_sample_app  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 QUICK = {"hosts": "1,4", "repeat": 1, "modules": 200, "scale": 0}
@@ -344,7 +366,11 @@ class SampleRepo:
 
     @classmethod
     def create(cls, path: Path, modules: int) -> SampleRepo:
-        path.mkdir(parents=True)
+        """A new repository at ``path``, which must not exist or be an empty directory
+        (the benchmark owns it: it rewrites the whole tree on every commit)."""
+        path.mkdir(parents=True, exist_ok=True)
+        if any(path.iterdir()):
+            raise SystemExit(f"{path}: the sample app's repository must be new or empty")
         repo = cls(path, modules)
         repo.git("init", "-q")
         return repo
@@ -403,53 +429,30 @@ def _median_host_value(values: list[Any] | None) -> float | None:
 
 @dataclass
 class Bench:
-    """One fleet of N hosts, its inventory and the repo it deploys from."""
+    """One fleet (any :class:`Hosts`) and the repo it deploys from."""
 
-    fleet: Fleet
+    hosts: Hosts
     repo: SampleRepo
-    inventory: Path
     workdir: Path
     features: Features
     records: list[dict[str, Any]] = field(default_factory=list)
+    # --profile: where the next fresh deploytools case writes its profile (then None)
+    profile_dir: Path | None = None
 
     @property
     def n(self) -> int:
-        return len(self.fleet.hosts)
+        return len(self.hosts.names)
 
     # ------------------------------------------------------------------ host state
 
-    def reset_hosts(self) -> None:
-        """Make every host look freshly provisioned: app stopped, deploy_to empty."""
-        for sim in self.fleet.hosts:
-            try:
-                with sim.supervisor_rpc() as rpc:
-                    rpc.supervisor.stopProcess("app")
-            except xmlrpc.client.Fault as fault:
-                if "NOT_RUNNING" not in fault.faultString:
-                    raise
-            for child in sim.deploy_to.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-
-    def release_dirs(self) -> list[set[str]]:
-        """Each host's release directory names (the hosts share our filesystem)."""
-        out = []
-        for sim in self.fleet.hosts:
-            releases = sim.deploy_to / "releases"
-            names = {p.name for p in releases.iterdir()} if releases.is_dir() else set()
-            out.append({n for n in names if not n.startswith(".")})
-        return out
-
     def check_health(self, expected: str) -> None:
         """Every host's app must answer /health from release ``expected``, right now."""
-        wrong = []
-        for sim in self.fleet.hosts:
-            answer = sim.health(timeout=3.0)
-            got = answer.get("release") if answer else None
-            if got != expected:
-                wrong.append(f"{sim.name}: {got or 'no answer'}")
+        try:
+            answers = self.hosts.health_releases()
+        except HostsError as exc:
+            raise CaseFailed(f"could not read /health: {exc}") from None
+        wrong = [f"{name}: {got or 'no answer'}" for name, got in answers.items()
+                 if got != expected]
         if wrong:
             raise CaseFailed(f"/health does not report {expected} on {len(wrong)} of "
                              f"{self.n} hosts: {'; '.join(wrong[:5])}")
@@ -457,8 +460,9 @@ class Bench:
     def verify(self) -> dict[str, Any]:
         """`inv verify`, recorded (not timed as part of the deploy)."""
         started = time.monotonic()
-        done = run_command(inv_command("verify", "--hosts", "prod", "--inventory",
-                                       str(self.inventory)), DEPLOY_TIMEOUT, env=clean_env())
+        done = run_command(inv_command("verify", "--hosts", self.hosts.group, "--inventory",
+                                       str(self.hosts.inventory)), DEPLOY_TIMEOUT,
+                           env=clean_env())
         result = {"passed": done.returncode == 0, "exit_code": done.returncode,
                   "wall_s": round(time.monotonic() - started, 3)}
         if done.returncode != 0:
@@ -478,21 +482,32 @@ class Bench:
                     extra: Sequence[str] = ()) -> dict[str, Any]:
         """Run one `inv deploy`, check every host serves its release, then `inv verify`."""
         report_path = self.workdir / f"report-{self.n}-{case}-{rep}.json"
-        args = ["deploy", "--hosts", "prod", "--inventory", str(self.inventory), *extra]
+        args = ["deploy", "--hosts", self.hosts.group, "--inventory", str(self.hosts.inventory),
+                *extra]
         if self.features.json_report:
             args += ["--json", str(report_path)]
         if case == "dt_skip_unchanged" and not self.features.skip_unchanged:
             log(f"  {CASE_LABELS[case]}: not available (deploy has no --skip-unchanged)")
             return self._record(case, rep, available=False, ok=True,
                                 error="not available: deploy has no --skip-unchanged")
-        before = self.release_dirs()
-        previous = self._current_release()
+        before = self.hosts.release_dirs()
+        previous = self.hosts.current_release()
+        env = clean_env()
+        profile_dir = self.profile_dir if case == "dt_fresh" else None
+        if profile_dir is not None:
+            self.profile_dir = None  # the first fresh deploy of this fleet only
+            shutil.rmtree(profile_dir, ignore_errors=True)  # a previous run's dumps
+            profile_dir.mkdir(parents=True)
+            env[PROFILE_ENV] = str(profile_dir)
         with measure() as usage:
-            done = run_command(inv_command(*args), DEPLOY_TIMEOUT, env=clean_env())
+            done = run_command(inv_command(*args), DEPLOY_TIMEOUT, env=env)
         record = self._record(case, rep, revision=revision, exit_code=done.returncode,
                               **self._usage_fields(usage), peak_rss_mb=round(done.maxrss_mb, 1),
                               phases=phase_marks(done.lines),
                               log=done.lines[-LOG_LINES_KEPT:])
+        if profile_dir is not None:
+            record["profile"] = {"dir": str(profile_dir),
+                                 "written": profiles.summarise(profile_dir)}
         if done.returncode == 2 and "No idea what '--skip-unchanged' is" in done.text:
             record.update(available=False, ok=True,
                           error="not available: deploy has no --skip-unchanged")
@@ -502,7 +517,7 @@ class Bench:
         with self._failing_into(record):
             if done.returncode != 0:
                 raise CaseFailed(f"inv deploy exited {done.returncode}:\n{done.tail()}")
-            new = [after - old for after, old in zip(self.release_dirs(), before)]
+            new = [after - old for after, old in zip(self.hosts.release_dirs(), before)]
             if all(len(names) == 1 for names in new) and len({*map(frozenset, new)}) == 1:
                 release = next(iter(new[0]))
             elif not any(new) and previous:
@@ -525,10 +540,6 @@ class Bench:
         except CaseFailed as exc:
             record["error"] = str(exc)
             raise
-
-    def _current_release(self) -> str | None:
-        link = self.fleet.hosts[0].deploy_to / "current"
-        return os.path.basename(os.readlink(link)) if link.is_symlink() else None
 
     @staticmethod
     def _usage_fields(usage: Usage) -> dict[str, float]:
@@ -565,7 +576,7 @@ class Bench:
         record["commands_per_host"] = per_host("commands")
         record["requests_per_host"] = per_host("requests")  # round trips over those commands
         kept = ("name", "outcome", "release", "previous", "error", "phases", "health",
-                "transport")
+                "transport", "cost")
         record["report_hosts"] = [{k: h[k] for k in kept if k in h}
                                   for h in hosts if isinstance(h, dict)]
         # The slowest host's duration of each phase deploytools reports (check, prepare,
@@ -578,13 +589,15 @@ class Bench:
                     slowest[name] = max(slowest.get(name, 0.0), float(seconds))
         if slowest:
             record["report_phases_max"] = slowest
+        run = report.get("run")
+        record["run_cost"] = run.get("cost") if isinstance(run, dict) else None
 
     def baseline(self, case: str, rep: int, revision: str) -> dict[str, Any]:
         """The hand-written deploy: `git archive | ssh '...'` per host, all in parallel."""
         release = release_stamp(revision)
-        commands = {sim.name: baseline_script(self.fleet, sim, release) for sim in self.fleet.hosts}
+        commands = {name: self.hosts.baseline_script(name, release) for name in self.hosts.names}
         with measure() as usage:
-            outcomes = run_baseline(self.fleet, self.repo.path, revision, commands)
+            outcomes = run_baseline(self.hosts, self.repo.path, revision, commands)
         failed = {name: o for name, o in outcomes.items() if o["exit_code"] != 0}
         record = self._record(
             case, rep, revision=revision, release=release, **self._usage_fields(usage),
@@ -606,52 +619,6 @@ class Bench:
 
 
 # =========================================================================== the baseline
-
-
-def _health_command(url: str, python: str) -> str:
-    """Poll /health until it answers 200 (5 s at most), printing the body."""
-    if shutil.which("curl"):  # the hosts are this machine: same binaries
-        probe = f"curl -fsS --noproxy '*' --max-time 2 {shlex.quote(url)}"
-    else:
-        code = ("import sys,urllib.request as u;"
-                "o=u.build_opener(u.ProxyHandler({}));"
-                "sys.stdout.write(o.open(sys.argv[1],timeout=2).read().decode())")
-        probe = f"{python} -c {shlex.quote(code)} {shlex.quote(url)} 2>/dev/null"
-    return (f"ok=0; for i in $(seq 1 50); do if {probe}; then ok=1; break; fi; sleep 0.1; "
-            f'done; [ "$ok" = 1 ]')
-
-
-def baseline_script(fleet: Fleet, sim: SimHost, release: str) -> str:
-    """The remote half of the baseline, as someone would write it by hand.
-
-    supervisorctl runs under the controller's interpreter: on these hosts a non-login
-    ssh session's ``python3`` (/usr/bin/python3) has no supervisor, and the controller's
-    interpreter is on the same machine.
-    """
-    deploy_to = shlex.quote(str(sim.deploy_to))
-    ctl = f"{shlex.quote(sys.executable)} -m supervisor.supervisorctl " \
-          f"-c {shlex.quote(str(sim.supervisor_conf))}"
-    steps = [
-        "set -e",
-        f"R={deploy_to}/releases/{release}",
-        'mkdir -p "$R"',
-        'tar -x -C "$R"',
-        f'{fleet.python} -m compileall -q -j0 --invalidation-mode checked-hash "$R" >/dev/null',
-        f"ln -sfn releases/{release} {deploy_to}/current.tmp",
-        f"mv -T {deploy_to}/current.tmp {deploy_to}/current",
-        f"{ctl} stop app",
-        f"{ctl} start app",
-        _health_command(sim.health_url(), fleet.python),
-    ]
-    return "; ".join(steps)
-
-
-def ssh_command(fleet: Fleet, sim: SimHost, remote: str) -> list[str]:
-    """The real ssh client, no user config, the fleet's key, strict host key checking."""
-    return ["ssh", "-F", "/dev/null", "-i", str(fleet.client_key),
-            "-o", f"UserKnownHostsFile={fleet.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", str(sim.port),
-            f"{fleet.user}@{sim.address}", remote]
 
 
 def _pump(src: int, dst: int) -> int:
@@ -676,24 +643,24 @@ def _pump(src: int, dst: int) -> int:
         return total  # ssh went away early; its exit status says why
 
 
-def run_baseline(fleet: Fleet, repo: Path, revision: str,
+def run_baseline(hosts: Hosts, repo: Path, revision: str,
                  commands: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Start `git archive REV | ssh HOST CMD` for every host at once and wait for all."""
     jobs: list[tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes], Any]] = []
     counts: dict[str, int] = {}
     threads = []
     try:
-        for sim in fleet.hosts:
+        for name, command in commands.items():
             out = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
             git = subprocess.Popen(["git", "-C", str(repo), "archive", "--format=tar", revision],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
             _track(git)
-            ssh = subprocess.Popen(ssh_command(fleet, sim, commands[sim.name]),
+            ssh = subprocess.Popen(hosts.ssh_command(name, command),
                                    stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT)
             _track(ssh)
-            jobs.append((sim.name, git, ssh, out))
+            jobs.append((name, git, ssh, out))
 
-            def pump(name: str = sim.name, git: Any = git, ssh: Any = ssh) -> None:
+            def pump(name: str = name, git: Any = git, ssh: Any = ssh) -> None:
                 try:
                     counts[name] = _pump(git.stdout.fileno(), ssh.stdin.fileno())
                 finally:
@@ -734,7 +701,8 @@ def run_baseline(fleet: Fleet, repo: Path, revision: str,
 
 def run_fleet_size(n: int, args: argparse.Namespace, features: Features, workdir: Path,
                    records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    """Every case, ``args.repeat`` times, on one fleet of n hosts (stopped in any case)."""
+    """Every case, ``args.repeat`` times, on one sandbox fleet of n hosts (stopped in
+    any case)."""
     log(f"== {n} host(s): starting fleet")
     started = time.monotonic()
     fleet = start_fleet(n)
@@ -743,19 +711,37 @@ def run_fleet_size(n: int, args: argparse.Namespace, features: Features, workdir
         repo = SampleRepo.create(workdir / f"app-{n}", args.modules)
         inventory = fleet.write_inventory(workdir / f"inventory-{n}.yaml",
                                           source={"repo": str(repo.path)})
-        bench = Bench(fleet, repo, inventory, workdir, features, records)
-        for rep in range(1, args.repeat + 1):
-            blocks: list[Callable[[], None]] = [
-                lambda rep=rep: deploytools_block(bench, rep),
-                lambda rep=rep: baseline_block(bench, rep),
-            ]
-            if rep % 2 == 0:
-                blocks.reverse()  # alternate who gets the warmer caches
-            for block in blocks:
-                block()
+        run_cases(Bench(SandboxHosts(fleet, inventory), repo, workdir, features, records),
+                  args, meta)
     finally:
         log(f"== {n} host(s): stopping fleet")
         fleet.stop()
+
+
+def run_inventory(hosts: SshHosts, repo: SampleRepo, args: argparse.Namespace,
+                  features: Features, workdir: Path, records: list[dict[str, Any]],
+                  meta: dict[str, Any]) -> None:
+    """Every case, ``args.repeat`` times, on the existing fleet of an inventory."""
+    log(f"== {len(hosts.names)} host(s) of {args.inventory} (group {hosts.group})")
+    run_cases(Bench(hosts, repo, workdir, features, records), args, meta)
+
+
+def run_cases(bench: Bench, args: argparse.Namespace, meta: dict[str, Any]) -> None:
+    """The fleet's settings into ``meta``, then both blocks ``args.repeat`` times."""
+    settings = bench.hosts.describe()
+    meta.setdefault("fleets", {})[str(bench.n)] = settings
+    log(f"  fleet: {fleet_line(settings)}")
+    if args.profile:
+        bench.profile_dir = args.out.resolve() / "profile" / f"n{bench.n}"
+    for rep in range(1, args.repeat + 1):
+        blocks: list[Callable[[], None]] = [
+            lambda rep=rep: deploytools_block(bench, rep),
+            lambda rep=rep: baseline_block(bench, rep),
+        ]
+        if rep % 2 == 0:
+            blocks.reverse()  # alternate who gets the warmer caches
+        for block in blocks:
+            block()
 
 
 def _guarded(bench: Bench, steps: list[tuple[str, Callable[[], dict[str, Any]]]]) -> None:
@@ -777,7 +763,7 @@ def _guarded(bench: Bench, steps: list[tuple[str, Callable[[], dict[str, Any]]]]
 
 
 def deploytools_block(bench: Bench, rep: int) -> None:
-    bench.reset_hosts()
+    bench.hosts.reset()
     fresh = bench.repo.commit_version(f"dt-n{bench.n}-r{rep}")
     state: dict[str, str] = {}
 
@@ -794,7 +780,7 @@ def deploytools_block(bench: Bench, rep: int) -> None:
 
 
 def baseline_block(bench: Bench, rep: int) -> None:
-    bench.reset_hosts()
+    bench.hosts.reset()
     fresh = bench.repo.commit_version(f"sh-n{bench.n}-r{rep}")
 
     def one_change() -> dict[str, Any]:
@@ -819,7 +805,7 @@ def run_scale(count: int, features: Features, workdir: Path) -> dict[str, Any]:
         revision = repo.commit_version("scale-v1")
         inventory = fleet.write_inventory(workdir / "inventory-scale.yaml",
                                           source={"repo": str(repo.path)})
-        bench = Bench(fleet, repo, inventory, workdir, features, [])
+        bench = Bench(SandboxHosts(fleet, inventory), repo, workdir, features, [])
         try:
             record = bench.deploytools("dt_fresh", 1, revision)
         except CaseFailed as exc:
@@ -902,6 +888,12 @@ def summarize(records: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]
             entry["phases"] = {name: round(statistics.median(m[name] for m in marks
                                                              if name in m), 3)
                                for name in names}
+            if case.startswith("dt_"):
+                reports = [{"hosts": r.get("report_hosts") or [],
+                            "run": {"cost": r.get("run_cost")}} for r in good]
+                entry["cost_rows"] = cost_table.cost_rows(reports)
+                entry["run_cost"] = cost_table.run_cost(reports)
+                entry["profiles"] = [r["profile"] for r in rows if r.get("profile")]
             reported = [r.get("report_phases_max") or {} for r in good]
             entry["report_phases"] = {
                 name: round(statistics.median(m[name] for m in reported), 3)
@@ -943,8 +935,55 @@ def _ratio_cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}×"
 
 
+def fleet_line(settings: dict[str, Any]) -> str:
+    """A fleet's settings (Hosts.describe) in one line; several values: the hosts differ."""
+    def values(key: str, show: Callable[[Any], str]) -> str:
+        return " / ".join(show(v) for v in settings.get(key) or []) or "n/a"
+
+    def secs(per_program: dict[str, int | None] | None) -> str:
+        if not per_program:
+            return "n/a"
+        return ", ".join(f"{name}={'n/a' if v is None else v}" for name, v in per_program.items())
+
+    return (f"{settings['hosts']} host(s) · supervisor startsecs {values('startsecs', secs)} · "
+            f"python `{values('python', str)}` ({values('python_version', str)})")
+
+
+def _cost_sections(summary: dict[str, Any]) -> list[str]:
+    """Per fleet size and deploytools case: what each step cost, from the --json report."""
+    out: list[str] = []
+    for n, data in summary.items():
+        for case, label in CASES:
+            entry = data["cases"][case]
+            table = cost_table.markdown_table(entry.get("cost_rows") or [])
+            if not table:
+                continue
+            out += ["", f"Cost per step, {n} host(s), {label} (folded over hosts as the "
+                        f"column says, median over {entry['runs']} run(s)); "
+                        f"{cost_table.run_cost_line(entry.get('run_cost') or {})}:", "", *table]
+    if out:
+        out[:0] = ["", "Where the cost goes, per step (deploytools' `--json` report, "
+                       "`hosts[i].cost`; n/a: not reported):"]
+    return out
+
+
+def _profile_lines(summary: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for n, data in summary.items():
+        for case, label in CASES:
+            for found in data["cases"][case].get("profiles") or []:
+                lines += profiles.markdown_lines(f"{n} host(s), {label}", Path(found["dir"]),
+                                                 found["written"])
+    return ["", "Profiles (`--profile`: the first fresh deploy per fleet ran under cProfile, "
+                "so its numbers in the tables above include the profiler's overhead; top "
+                f"{profiles.TOP_FUNCTIONS} functions by cumulative time in each .txt):", "",
+            *lines] if lines else []
+
+
 def markdown(summary: dict[str, Any], meta: dict[str, Any], scale: dict[str, Any] | None) -> str:
-    """The human summary: one table of medians (min–max), one of ratios, the scale run."""
+    """The human summary: one table of medians (min–max), one of ratios, the cost per
+    step, the scale run."""
+    fleets = meta.get("fleets") or {}
     out = [
         "# deploytools benchmark",
         "",
@@ -954,6 +993,9 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], scale: dict[str, Any
         f"(`--modules {meta['modules']}`), {meta['repeat']} repetition(s) · "
         f"deploytools `--json`: {'yes' if meta['features']['json_report'] else 'no'}, "
         f"`--skip-unchanged`: {'yes' if meta['features']['skip_unchanged'] else 'no'}",
+        *([f"Inventory: `{meta['inventory']}` (group `{meta['group']}`)"]
+          if meta.get("inventory") else []),
+        *[f"Fleet: {fleet_line(settings)}" for settings in fleets.values()],
         "",
         "Median (min–max) over repetitions. Host CPU is approximate: whole-machine busy "
         "time (/proc/stat) minus controller CPU, so it includes any other load on the "
@@ -1023,6 +1065,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], scale: dict[str, Any
             for n, label, phases in reported:
                 cells = [f"{phases[k]:.2f}" if k in phases else "—" for k in names]
                 out.append(f"| {n} | {label} | " + " | ".join(cells) + " |")
+    out += _cost_sections(summary)
+    out += _profile_lines(summary)
     if scale:
         out += ["", f"Scale: one fresh deploy of the tiny app (`extra_modules=0`) to "
                     f"{scale['hosts']} hosts:", ""]
@@ -1064,18 +1108,41 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="hosts for the tiny-app scale run (default 64; 0 skips)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: hosts 1,4; repeat 1; modules 200; scale 0")
+    parser.add_argument("--inventory", type=Path,
+                        help="benchmark this existing fleet (a deploytools inventory) over "
+                             "SSH instead of starting sandbox fleets")
+    parser.add_argument("--group", default="prod",
+                        help="with --inventory: the group to deploy to (default prod)")
+    parser.add_argument("--repo", type=Path,
+                        help="with --inventory: a new or empty directory for the sample app's "
+                             "repository (default: a temporary one)")
+    parser.add_argument("--profile", action="store_true",
+                        help=f"set {PROFILE_ENV}=OUT/profile/nN for the first fresh deploy per "
+                             "fleet and summarise the profiles it writes")
     args = parser.parse_args(argv)
+    if args.repeat is not None and args.repeat < 1 or \
+            any(v is not None and v < 0 for v in (args.modules, args.scale)):
+        parser.error("--repeat must be >= 1, --modules and --scale >= 0")
+    if args.inventory is not None:
+        if args.hosts is not None:
+            parser.error("--hosts is meaningless with --inventory (the group is the fleet)")
+        if args.scale:
+            parser.error("--scale starts a sandbox fleet: not with --inventory")
+        args.inventory = args.inventory.resolve()
+    elif args.repo is not None or args.group != "prod":
+        parser.error("--repo and --group need --inventory")
     for key, default in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick else default)
+    if args.inventory is not None:
+        args.sizes, args.scale = [], 0  # the size is the group's, known once it is read
+        return args
     try:
         args.sizes = [int(x) for x in str(args.hosts).split(",") if x.strip()]
     except ValueError:
         parser.error(f"--hosts must be comma-separated integers, got {args.hosts!r}")
     if not args.sizes or any(n < 1 for n in args.sizes):
         parser.error("--hosts needs at least one size >= 1")
-    if args.repeat < 1 or args.modules < 0 or args.scale < 0:
-        parser.error("--repeat must be >= 1, --modules and --scale >= 0")
     return args
 
 
@@ -1114,6 +1181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": [sys.executable, *sys.argv],
         "sizes": args.sizes, "repeat": args.repeat, "modules": args.modules,
         "scale_hosts": args.scale, "pad_factor": PAD_FACTOR,
+        "inventory": str(args.inventory) if args.inventory else None, "group": args.group,
         "features": {"json_report": features.json_report,
                      "skip_unchanged": features.skip_unchanged},
         "host_cpu_note": "approximation: whole-machine busy CPU from /proc/stat minus "
@@ -1125,6 +1193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     records: list[dict[str, Any]] = []
     scale: dict[str, Any] | None = None
     workdir = Path(tempfile.mkdtemp(prefix="dt-bench-"))
+    repo_path = (args.repo or workdir / "app").resolve()
     began = time.monotonic()
     code = 0
     try:
@@ -1134,19 +1203,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(probe.path)
         log(f"sample app: {meta['app_files']} files, {meta['app_bytes'] / 1e6:.1f} MB "
             f"(git archive)")
-        for n in args.sizes:
-            run_fleet_size(n, args, features, workdir, records, meta)
+        if args.inventory:
+            hosts = SshHosts.load(write_inventory_copy(
+                args.inventory, args.group, repo_path, workdir / "inventory.yaml"), args.group)
+            args.sizes = meta["sizes"] = [len(hosts.names)]
+            repo = SampleRepo.create(repo_path, args.modules)
+            run_inventory(hosts, repo, args, features, workdir, records, meta)
+        else:
+            for n in args.sizes:
+                run_fleet_size(n, args, features, workdir, records, meta)
         if args.scale:
             scale = run_scale(args.scale, features, workdir)
         meta["complete"] = True
     except KeyboardInterrupt:
         log("interrupted: stopping everything we started")
         code = 130
+    except (HostsError, ConfigError) as exc:
+        print(f"\n!!! FLEET FAILED: {exc}\n", file=sys.stderr, flush=True)
+        meta["fleet_error"] = str(exc)
+        code = 1
     finally:
         kill_live_processes()
         meta["duration_s"] = round(time.monotonic() - began, 1)
         failures = [f"{r['n']} hosts, {r['label']}, rep {r['rep']}: {one_line(r['error'])}"
                     for r in records if not r["ok"]]
+        if meta.get("fleet_error"):
+            failures.append(f"fleet: {one_line(meta['fleet_error'])}")
         if scale and not scale.get("ok"):
             failures.append(f"scale {scale['hosts']} hosts: {scale.get('error')}")
         meta["failures"] = failures
