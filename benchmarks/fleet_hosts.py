@@ -184,8 +184,15 @@ class SandboxHosts:
         return os.path.basename(os.readlink(link)) if link.is_symlink() else None
 
     def health_releases(self) -> dict[str, str | None]:
+        """What each app's /health reports; on a fleet without an app server (the scale
+        runs) the release `current` names, which `inv verify` then proves is running."""
         out: dict[str, str | None] = {}
         for sim in self.fleet.hosts:
+            if not self.fleet.app_server:
+                link = sim.deploy_to / "current"
+                out[sim.name] = os.path.basename(os.readlink(link)) if link.is_symlink() \
+                    else None
+                continue
             answer = sim.health(timeout=3.0)
             out[sim.name] = answer.get("release") if answer else None
         return out

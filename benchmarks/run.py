@@ -5,7 +5,7 @@ fleet or on any fleet a deploytools inventory describes.
 Usage (from anywhere; the repository is found from this file's location)::
 
     python benchmarks/run.py [--hosts 1,4,16] [--repeat 3] [--modules 2000]
-                             [--out benchmarks/results] [--scale 64] [--quick] [--profile]
+                             [--out benchmarks/results] [--scale 16,200] [--quick] [--profile]
     python benchmarks/run.py --inventory FILE [--group prod] [--repo DIR] [--repeat 3]
                              [--modules 2000] [--out DIR] [--profile]
 
@@ -45,7 +45,7 @@ or Ctrl-C), ``--repeat`` times:
 The deploytools and baseline blocks alternate which goes first, so neither always runs
 on a warm page cache. A case only counts if afterwards every host's ``/health`` reports
 the release just deployed; after each deploytools case ``inv verify`` runs and whether it
-passed is recorded. ``--scale N`` (default 64, 0 skips) finally deploys a tiny app once
+passed is recorded. ``--scale N,M`` (default 16,200; 0 skips) finally deploys a tiny app once
 to N hosts to show the controller's per-host CPU cost and memory.
 
 Metrics, per case and repetition (the table shows median and min-max):
@@ -111,8 +111,8 @@ from deploytools.profiling import PROFILE_ENV  # noqa: E402
 from deploytools.sandbox import start_fleet, write_sample_app  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-QUICK = {"hosts": "1,4", "repeat": 1, "modules": 200, "scale": 0}
-DEFAULTS = {"hosts": "1,4,16", "repeat": 3, "modules": 2000, "scale": 64}
+QUICK = {"hosts": "1,4", "repeat": 1, "modules": 200, "scale": "0"}
+DEFAULTS = {"hosts": "1,4,16", "repeat": 3, "modules": 2000, "scale": "16,200"}
 # The sample app's filler modules average ~5.4 KB, so 2,000 of them make ~10.7 MB; the
 # benchmark's app is meant to weigh ~20 MB (transfer, extraction and compilation scale
 # with bytes), so each module is padded to ~1.87x its size, deterministically and with
@@ -794,16 +794,19 @@ def baseline_block(bench: Bench, rep: int) -> None:
 
 
 def run_scale(count: int, features: Features, workdir: Path) -> dict[str, Any]:
-    """One fresh deploy of the tiny app to ``count`` hosts: the controller's per-host cost."""
+    """One fresh deploy of the tiny app to ``count`` hosts: the controller's per-host cost.
+
+    The hosts run an idle program instead of the app server and have no health check
+    (a sandbox fleet with ``app_server=False``): what is measured is deploying."""
     log(f"== scale: {count} hosts, tiny app: starting fleet")
     started = time.monotonic()
-    fleet = start_fleet(count)
+    fleet = start_fleet(count, app_server=False)  # an sshd and a supervisord per host
     result: dict[str, Any] = {"hosts": count, "ok": False,
                               "fleet_start_s": round(time.monotonic() - started, 2)}
     try:
-        repo = SampleRepo.create(workdir / "app-scale", 0)
+        repo = SampleRepo.create(workdir / f"app-scale-{count}", 0)
         revision = repo.commit_version("scale-v1")
-        inventory = fleet.write_inventory(workdir / "inventory-scale.yaml",
+        inventory = fleet.write_inventory(workdir / f"inventory-scale-{count}.yaml",
                                           source={"repo": str(repo.path)})
         bench = Bench(SandboxHosts(fleet, inventory), repo, workdir, features, [])
         try:
@@ -980,7 +983,8 @@ def _profile_lines(summary: dict[str, Any]) -> list[str]:
             *lines] if lines else []
 
 
-def markdown(summary: dict[str, Any], meta: dict[str, Any], scale: dict[str, Any] | None) -> str:
+def markdown(summary: dict[str, Any], meta: dict[str, Any],
+             scale: list[dict[str, Any]] | None) -> str:
     """The human summary: one table of medians (min–max), one of ratios, the cost per
     step, the scale run."""
     fleets = meta.get("fleets") or {}
@@ -1068,20 +1072,18 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], scale: dict[str, Any
     out += _cost_sections(summary)
     out += _profile_lines(summary)
     if scale:
-        out += ["", f"Scale: one fresh deploy of the tiny app (`extra_modules=0`) to "
-                    f"{scale['hosts']} hosts:", ""]
-        if scale.get("ok"):
-            out += [
-                "| hosts | wall s | controller CPU ms/host | controller peak RSS MB "
-                "| host CPU s (approx.) | verify |",
-                "| ---: | ---: | ---: | ---: | ---: | --- |",
-                f"| {scale['hosts']} | {scale['wall_s']:.2f} | "
-                f"{scale['controller_cpu_ms_per_host']:.1f} | {scale['peak_rss_mb']:.1f} | "
-                f"{scale['host_cpu_s']:.2f} | "
-                f"{'passed' if scale['verify_passed'] else 'FAILED'} |",
-            ]
-        else:
-            out.append(f"FAILED: {scale.get('error')}")
+        out += ["", "Scale: one fresh deploy of the tiny app (`extra_modules=0`) to N idle "
+                    "hosts (an sshd and a supervisord each, no app server, no health check):",
+                "", "| hosts | wall s | controller CPU ms/host | controller peak RSS MB "
+                "| host CPU s (approx.) | verify |", "| ---: | ---: | ---: | ---: | ---: | --- |"]
+        for run in scale:
+            if run.get("ok"):
+                out.append(f"| {run['hosts']} | {run['wall_s']:.2f} | "
+                           f"{run['controller_cpu_ms_per_host']:.1f} | "
+                           f"{run['peak_rss_mb']:.1f} | {run['host_cpu_s']:.2f} | "
+                           f"{'passed' if run['verify_passed'] else 'FAILED'} |")
+            else:
+                out.append(f"| {run['hosts']} | FAILED: {one_line(run.get('error'))} | | | | |")
     failures = meta.get("failures") or []
     if failures:
         out += ["", f"**{len(failures)} case(s) FAILED** (details in results.json):", ""]
@@ -1104,8 +1106,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="sample app filler modules, padded to ~10 KB each (default 2000)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="directory for results.md and results.json")
-    parser.add_argument("--scale", type=int,
-                        help="hosts for the tiny-app scale run (default 64; 0 skips)")
+    parser.add_argument("--scale",
+                        help="comma-separated host counts for the tiny-app scale runs "
+                             "(default 16,200; 0 skips)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: hosts 1,4; repeat 1; modules 200; scale 0")
     parser.add_argument("--inventory", type=Path,
@@ -1120,13 +1123,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"set {PROFILE_ENV}=OUT/profile/nN for the first fresh deploy per "
                              "fleet and summarise the profiles it writes")
     args = parser.parse_args(argv)
+    try:
+        args.scale_sizes = [int(x) for x in str(args.scale or "0").split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--scale must be comma-separated integers, got {args.scale!r}")
     if args.repeat is not None and args.repeat < 1 or \
-            any(v is not None and v < 0 for v in (args.modules, args.scale)):
+            (args.modules is not None and args.modules < 0) or \
+            any(v < 0 for v in args.scale_sizes):
         parser.error("--repeat must be >= 1, --modules and --scale >= 0")
     if args.inventory is not None:
         if args.hosts is not None:
             parser.error("--hosts is meaningless with --inventory (the group is the fleet)")
-        if args.scale:
+        if any(args.scale_sizes):
             parser.error("--scale starts a sandbox fleet: not with --inventory")
         args.inventory = args.inventory.resolve()
     elif args.repo is not None or args.group != "prod":
@@ -1134,8 +1142,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for key, default in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick else default)
+    args.scale_sizes = [int(x) for x in str(args.scale).split(",") if x.strip() and int(x)]
     if args.inventory is not None:
-        args.sizes, args.scale = [], 0  # the size is the group's, known once it is read
+        args.sizes, args.scale_sizes = [], []  # the size is the group's, known once read
         return args
     try:
         args.sizes = [int(x) for x in str(args.hosts).split(",") if x.strip()]
@@ -1180,7 +1189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ssh": _tool_version(["ssh", "-V"]),
         "command": [sys.executable, *sys.argv],
         "sizes": args.sizes, "repeat": args.repeat, "modules": args.modules,
-        "scale_hosts": args.scale, "pad_factor": PAD_FACTOR,
+        "scale_hosts": args.scale_sizes, "pad_factor": PAD_FACTOR,
         "inventory": str(args.inventory) if args.inventory else None, "group": args.group,
         "features": {"json_report": features.json_report,
                      "skip_unchanged": features.skip_unchanged},
@@ -1191,7 +1200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"deploytools --json: {features.json_report}, --skip-unchanged: "
         f"{features.skip_unchanged}")
     records: list[dict[str, Any]] = []
-    scale: dict[str, Any] | None = None
+    scale: list[dict[str, Any]] = []
     workdir = Path(tempfile.mkdtemp(prefix="dt-bench-"))
     repo_path = (args.repo or workdir / "app").resolve()
     began = time.monotonic()
@@ -1212,8 +1221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             for n in args.sizes:
                 run_fleet_size(n, args, features, workdir, records, meta)
-        if args.scale:
-            scale = run_scale(args.scale, features, workdir)
+        for count in args.scale_sizes:
+            scale.append(run_scale(count, features, workdir))
         meta["complete"] = True
     except KeyboardInterrupt:
         log("interrupted: stopping everything we started")
@@ -1229,8 +1238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for r in records if not r["ok"]]
         if meta.get("fleet_error"):
             failures.append(f"fleet: {one_line(meta['fleet_error'])}")
-        if scale and not scale.get("ok"):
-            failures.append(f"scale {scale['hosts']} hosts: {scale.get('error')}")
+        failures += [f"scale {run['hosts']} hosts: {run.get('error')}"
+                     for run in scale if not run.get("ok")]
         meta["failures"] = failures
         meta.setdefault("app_bytes", 0)
         meta.setdefault("app_files", 0)

@@ -63,6 +63,6 @@ def test_markdown_shows_na_and_megabytes() -> None:
     lines = cost_table.markdown_table(cost_table.cost_rows([REPORT]))
     assert lines[0].startswith("| op | wall s (slowest host) | controller CPU s (sum over hosts)")
     prepare = next(line for line in lines if line.startswith("| prepare |"))
-    assert prepare == "| prepare | 3.00 | 0.50 | 0.60 | 0.20 | n/a | 3.00 | 200 |"
+    assert prepare == "| prepare | 3.00 | 0.50 | 0.60 | n/a | 0.20 | n/a | 3.00 | 200 |"
     assert cost_table.markdown_table([]) == []
     assert "compile CPU n/a" in cost_table.run_cost_line(cost_table.run_cost([REPORT]))
