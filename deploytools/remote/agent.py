@@ -335,7 +335,8 @@ def build_release(layout: Layout, partial: str, req: protocol.Prepare, files: Di
     result["bytecode"] = manifest["bytecode"]
     os.makedirs(os.path.join(partial, META_DIR), exist_ok=True)
     with open(os.path.join(partial, META_DIR, MANIFEST), "w") as fh:
-        json.dump(manifest, fh, indent=1, sort_keys=True)
+        # one line: an indent takes json's pure-Python encoder, 0.08 CPU-s for 4,000 files
+        json.dump(manifest, fh, sort_keys=True, separators=(",", ":"))
     return manifest
 
 
