@@ -199,9 +199,14 @@ def test_least_recently_used_entries_are_pruned(tmp_path: Path) -> None:
     assert sum(p.stat().st_size for p in remaining) <= cache.limit * 0.8
 
 
-def test_artifacts_cache_under_cache_dir(tmp_path: Path) -> None:
-    """Artifacts keep their pycs in CACHE_DIR/pyc (a temporary one in these tests)."""
+def test_tests_do_not_use_the_users_cache() -> None:
     assert not str(artifact.CACHE_DIR).startswith(str(Path("~/.cache").expanduser()))
+    assert os.environ["XDG_CACHE_HOME"] == str(artifact.CACHE_DIR.parent)  # for `inv` too
+
+
+def test_artifacts_cache_under_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    monkeypatch.setattr(artifact, "CACHE_DIR", tmp_path / "cache")
     source = tmp_path / "src"
     source.mkdir()
     (source / "mod.py").write_text("A = 1\n")
