@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 
 from deploytools.archives import Member
@@ -80,10 +81,8 @@ class Compiler:
         missing = [src for src in sources if pyc_path(src, tag) not in self._pyc_cache]
         if not missing:
             return
-        if self._disk_cache is None:
-            self._compile_missing(missing, invalidation_mode, None)
-            return
-        with self._disk_cache.open(invalidation_mode) as store:
+        cache = self._disk_cache
+        with cache.open(invalidation_mode) if cache else nullcontext() as store:
             if store is not None:
                 for src in missing:
                     pyc = store.get(entry_key(self._files[src], src, invalidation_mode))
