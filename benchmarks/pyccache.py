@@ -8,6 +8,10 @@ Writes the benchmark's padded sample app (benchmarks/run.py, ``--modules 2000`` 
 controller's CPU (its own plus its compile workers') for `Artifact.pycs` of every module:
 "no cache" is what each fresh deploy paid before the cache, "cold" is the first run with
 an empty cache (compile plus store), "warm" is a later run of the same sources.
+
+Measured 2026-12-03 (2,000 modules, 2,005 pycs, shared 2-core VM, 3 runs): no cache
+6.5-7.9 CPU-s, cold 7.0-8.8 CPU-s, warm 0.08-0.09 CPU-s. Cold costs a little more than no
+cache because it creates 2,005 small files (kernel time, which varies a lot on this VM).
 """
 
 from __future__ import annotations
