@@ -27,6 +27,7 @@ from deploytools.archives import ArchiveCache, Member, Stream, digest_of, file_m
 from deploytools.errors import ConfigError
 from deploytools.masking import strip_credentials
 from deploytools.precompile import Compiler
+from deploytools.pyccache import PycCache
 from deploytools.remote.releases import files_digest
 from deploytools.sources import (
     Fetch,
@@ -63,7 +64,7 @@ class Artifact:
     _compiler: Compiler = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._compiler = Compiler(self.files, self._members)
+        self._compiler = Compiler(self.files, self._members, PycCache(CACHE_DIR / "pyc"))
 
     @property
     def files(self) -> dict[str, str]:

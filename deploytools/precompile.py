@@ -3,7 +3,8 @@
 Hash-based pycs are valid on every host with the same magic number, so hosts whose
 interpreter matches ours receive them instead of compiling themselves. Compiling
 starts in the background (`start`) so that fresh hosts receive the sources while their
-bytecode is being made.
+bytecode is being made. Modules compiled by an earlier run are taken from the
+controller's pyc cache (pyccache.py) instead; only the others are read and compiled.
 """
 
 from __future__ import annotations
@@ -13,22 +14,27 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 
 from deploytools.archives import Member
 from deploytools.errors import ConfigError
+from deploytools.pyccache import PycCache, Store, entry_key
 from deploytools.remote import bytecode
 from deploytools.remote.bytecode import pyc_path
 
 
 class Compiler:
     """Compiles a release's modules from their members (`read`), on demand or in the
-    background; pycs are kept by path for the whole run, errors too."""
+    background; pycs are kept by path for the whole run, errors too, and in `cache`
+    (when given) for later runs."""
 
     def __init__(self, files: Mapping[str, str],
-                 read: Callable[[list[str]], list[Member]]) -> None:
+                 read: Callable[[list[str]], list[Member]],
+                 cache: PycCache | None = None) -> None:
         self._files = files  # the manifest's file table
         self._read = read
+        self._disk_cache = cache
         self._pyc_cache: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._source_tree: str | None = None
@@ -75,8 +81,26 @@ class Compiler:
         missing = [src for src in sources if pyc_path(src, tag) not in self._pyc_cache]
         if not missing:
             return
+        cache = self._disk_cache
+        with cache.open(invalidation_mode) if cache else nullcontext() as store:
+            if store is not None:
+                for src in missing:
+                    pyc = store.get(entry_key(self._files[src], src, invalidation_mode))
+                    if pyc is not None:
+                        self._pyc_cache[pyc_path(src, tag)] = pyc
+                missing = [src for src in missing if pyc_path(src, tag) not in self._pyc_cache]
+            if missing:
+                self._compile_missing(missing, invalidation_mode, store)
+
+    def _compile_missing(self, missing: list[str], invalidation_mode: str,
+                         store: Store | None) -> None:
+        """Extract and compile these modules, storing their pycs in `store` (if any).
+        Code objects name their release path, not the temporary one: the same source
+        then compiles to the same bytes in every run, which is what makes them cacheable."""
+        tag = sys.implementation.cache_tag
         root = self._extracted(missing)
-        result = bytecode.compile_tree(root, invalidation_mode=invalidation_mode, files=missing)
+        result = bytecode.compile_tree(root, invalidation_mode=invalidation_mode, files=missing,
+                                       relative_names=True)
         if result["errors"]:
             first = result["errors"][0]
             self._error = (f"cannot compile {first['file']} line {first.get('line')}: "
@@ -84,7 +108,9 @@ class Compiler:
         for src in missing:
             pyc = Path(root, pyc_path(src, tag))
             if pyc.exists():
-                self._pyc_cache[pyc_path(src, tag)] = pyc.read_bytes()
+                body = self._pyc_cache[pyc_path(src, tag)] = pyc.read_bytes()
+                if store is not None:
+                    store.put(entry_key(self._files[src], src, invalidation_mode), body)
 
     def _extracted(self, sources: list[str]) -> str:
         """A private temporary directory holding (at least) these sources, written once."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from deploytools import artifact
 from deploytools.sandbox import Fleet
 from tests.support.apprepo import AppRepo
 from tests.support.cli import Background, Cli
@@ -24,6 +25,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if UNIT_DIR not in item.path.parents:
             item.add_marker(pytest.mark.fleet)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_controller_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The controller's cache (git mirrors, digests, compiled pycs) in a temporary
+    directory, for this process and every `inv` a test runs: never the user's ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    cache_home = tmp_path_factory.mktemp("xdg-cache")
+    patch.setenv("XDG_CACHE_HOME", str(cache_home))
+    patch.setattr(artifact, "CACHE_DIR", cache_home / "deploytools")
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="module")

@@ -540,7 +540,8 @@ def _invalidation_mode(name: str) -> py_compile.PycInvalidationMode:
         ) from None
 
 
-def _compile_chunk(root: str, rels: list[str], mode_name: str) -> tuple[int, list[dict[str, Any]]]:
+def _compile_chunk(root: str, rels: list[str], mode_name: str,
+                   relative_names: bool = False) -> tuple[int, list[dict[str, Any]]]:
     """Compile a batch of files; module-level so a process pool can pickle it by name.
 
     ``quiet`` is left at its default on purpose: with ``quiet=2`` py_compile swallows the
@@ -554,7 +555,8 @@ def _compile_chunk(root: str, rels: list[str], mode_name: str) -> tuple[int, lis
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # SyntaxWarnings would spam the deploy log
-                py_compile.compile(path, doraise=True, invalidation_mode=mode)
+                py_compile.compile(path, dfile=rel if relative_names else None,
+                                   doraise=True, invalidation_mode=mode)
         except py_compile.PyCompileError as exc:
             inner = exc.exc_value
             if isinstance(inner, SyntaxError):
@@ -579,6 +581,7 @@ def compile_tree(
     workers: int = 0,
     skip_dirs: Iterable[str] = DEFAULT_SKIP_DIRS,
     files: list[str] | None = None,
+    relative_names: bool = False,
 ) -> dict[str, Any]:
     """Compile every ``.py`` under ``root`` (or just ``files``, "/"-relative) into
     ``__pycache__`` with ``invalidation_mode``.
@@ -591,6 +594,11 @@ def compile_tree(
     so IPC stays negligible.  If the pool cannot be used (no ``fork``, or the module was
     loaded in a way that cannot be pickled by name), the remaining files are compiled
     serially.  Returns ``{"compiled": n, "errors": [{"file", "line", "message"}]}``.
+
+    ``relative_names`` records each file's "/"-relative path as its code's file name
+    (``co_filename``) instead of its path under ``root``, so that the bytes of a pyc do not
+    depend on where ``root`` is (a temporary directory on the controller) and can be cached;
+    Python puts the real path back when it imports a pyc beside its source.
     """
     mode_name = _invalidation_mode(invalidation_mode).name
     rels = sorted(files) if files is not None else sorted(_iter_sources(root, frozenset(skip_dirs)))
@@ -604,14 +612,14 @@ def compile_tree(
     errors: list[dict[str, Any]] = []
     pending = [chunk for chunk in chunks if chunk]
     if len(pending) > 1:
-        done = _compile_parallel(root, pending, mode_name, workers)
+        done = _compile_parallel(root, pending, mode_name, workers, relative_names)
         for index in sorted(done):
             n, errs = done[index]
             compiled += n
             errors.extend(errs)
         pending = [chunk for index, chunk in enumerate(pending) if index not in done]
     for chunk in pending:
-        n, errs = _compile_chunk(root, chunk, mode_name)
+        n, errs = _compile_chunk(root, chunk, mode_name, relative_names)
         compiled += n
         errors.extend(errs)
     errors.sort(key=lambda item: item["file"])
@@ -619,7 +627,7 @@ def compile_tree(
 
 
 def _compile_parallel(
-    root: str, chunks: list[list[str]], mode_name: str, workers: int
+    root: str, chunks: list[list[str]], mode_name: str, workers: int, relative_names: bool
 ) -> dict[int, tuple[int, list[dict[str, Any]]]]:
     """Run chunks in a fork pool; return results by chunk index for the chunks that finished.
 
@@ -638,7 +646,7 @@ def _compile_parallel(
         with ProcessPoolExecutor(max_workers=min(workers, len(chunks)),
                                  mp_context=context) as pool:
             futures = {
-                pool.submit(_compile_chunk, root, chunk, mode_name): index
+                pool.submit(_compile_chunk, root, chunk, mode_name, relative_names): index
                 for index, chunk in enumerate(chunks)
             }
             for future, index in futures.items():
