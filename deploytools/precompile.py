@@ -9,6 +9,7 @@ controller's pyc cache (pyccache.py) instead; only the others are read and compi
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -115,7 +116,7 @@ class Compiler:
     def _extracted(self, sources: list[str]) -> str:
         """A private temporary directory holding (at least) these sources, written once."""
         if self._source_tree is None:
-            self._source_tree = tempfile.mkdtemp(prefix="deploytools-src-")
+            self._source_tree = tempfile.mkdtemp(prefix="deploytools-src-", dir=memory_tmp())
         for path in sources:
             target = Path(self._source_tree, path)
             if not target.exists():
@@ -123,3 +124,18 @@ class Compiler:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(body or b"")
         return self._source_tree
+
+
+def memory_tmp() -> str | None:
+    """/dev/shm when it is a writable tmpfs, else None (the default temporary directory).
+
+    Compiling writes every source and its pyc once: 4,000 file creations cost 0.5-2
+    CPU-s on a disk filesystem here and 0.05 on tmpfs. mkdtemp makes a 0700 directory,
+    so the sticky, world-writable parent lets no one else into it."""
+    shm = "/dev/shm"
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:
+            tmpfs = any(line.split()[1:3] == [shm, "tmpfs"] for line in mounts)
+    except OSError:
+        return None
+    return shm if tmpfs and os.access(shm, os.W_OK | os.X_OK) else None
