@@ -99,15 +99,16 @@ def from_git(repo: str, revision: str, patterns: tuple[str, ...], cache_dir: Pat
     """
     tree = gitsource.list_tree(repo, revision)
     memory = gitsource.DigestMemory(cache_dir, tree)
-    digests, unknown = memory.lookup()
+    digests, sizes, unknown = memory.lookup()
     whole = len(unknown) > max(50, len(tree.listing) // 4)
     read = gitsource.archive(tree, None if whole else unknown) if unknown else []
     digests.update(dict.fromkeys(unknown))  # None: git archive leaves the path out
     digests.update({info.name: digest_of((info, body)) for info, body in read})
-    memory.save(digests)
+    sizes.update({info.name: info.size for info, _ in read})
+    memory.save(digests, sizes)
     files = {path: digest for path, digest in sorted(digests.items())
              if digest is not None and not excluded(path, patterns)}
-    size = sum(tree.listing[path][1] for path in files if path in tree.listing)
+    size = sum(sizes.get(path, 0) for path in files)
 
     def fetch(paths: list[str] | None) -> list[Member]:
         return [m for m in gitsource.archive(tree, paths) if not excluded(m[0].name, patterns)]
