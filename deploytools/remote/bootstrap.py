@@ -75,9 +75,25 @@ def store_cached(dir_fd, name, codes):
         with os.fdopen(fd, "wb") as f:
             marshal.dump(codes, f)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        prune_cached(dir_fd, name)
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
+
+
+STALE_AGENT_DAYS = 30
+
+
+def prune_cached(dir_fd, keep):
+    """Remove cached agents of other versions unused for STALE_AGENT_DAYS (each upgrade
+    of the controller leaves one, ~300 KB); a loaded agent is touched, see main."""
+    limit = STALE_AGENT_DAYS * 86400
+    now = os.stat(keep, dir_fd=dir_fd).st_mtime
+    for entry in os.listdir(dir_fd):
+        if entry.startswith("agent-") and entry != keep:
+            with contextlib.suppress(OSError):
+                if now - os.stat(entry, dir_fd=dir_fd, follow_symlinks=False).st_mtime > limit:
+                    os.unlink(entry, dir_fd=dir_fd)
 
 
 def read_inline(digest):
@@ -113,6 +129,8 @@ def main():
         codes = None if dir_fd is None else load_cached(dir_fd, name)
         if codes is None:
             sys.exit(CACHE_MISS)
+        with contextlib.suppress(OSError):  # in use: not stale (prune_cached)
+            os.utime(name, dir_fd=dir_fd)
     else:
         codes = read_inline(digest)
         if dir_fd is not None:
