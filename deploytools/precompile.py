@@ -38,19 +38,27 @@ class Compiler:
         self._disk_cache = cache
         self._pyc_cache: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        self._answers: dict[tuple[str, tuple[str, ...]], dict[str, bytes]] = {}
         self._source_tree: str | None = None
         self._error: str | None = None
 
     def pycs(self, sources: list[str], invalidation_mode: str) -> dict[str, bytes]:
-        """Bytecode for these sources, keyed by pyc path (waits for a background run)."""
+        """Bytecode for these sources, keyed by pyc path (waits for a background run).
+        Every fresh host asks for the same set: the answer is kept, not rebuilt."""
+        key = (invalidation_mode, tuple(sources))
+        with self._lock:
+            if key not in self._answers:
+                self._answers[key] = self._pycs(sources, invalidation_mode)
+            return self._answers[key]
+
+    def _pycs(self, sources: list[str], invalidation_mode: str) -> dict[str, bytes]:
         tag = sys.implementation.cache_tag
         wanted = {src: pyc_path(src, tag) for src in self.compilable(sources)}
-        with self._lock:
-            self._compile(list(wanted), invalidation_mode)
-            missing = [src for src, pyc in wanted.items() if pyc not in self._pyc_cache]
-            if missing:
-                raise ConfigError(self._error or f"could not compile {missing[0]}")
-            return {pyc: self._pyc_cache[pyc] for pyc in wanted.values()}
+        self._compile(list(wanted), invalidation_mode)
+        missing = [src for src, pyc in wanted.items() if pyc not in self._pyc_cache]
+        if missing:
+            raise ConfigError(self._error or f"could not compile {missing[0]}")
+        return {pyc: self._pyc_cache[pyc] for pyc in wanted.values()}
 
     def compilable(self, paths: list[str]) -> list[str]:
         """The modules this controller compiles: regular .py files. A symlinked module is
