@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-_TICKS = os.sysconf("SC_CLK_TCK")
+from deploytools.remote import processes
+
 HOST_KEYS = ("agent_cpu_s", "children_cpu_s", "sshd_cpu_s", "supervisord_cpu_s",
              "files_written")
 
@@ -26,12 +27,7 @@ def thread_cpu(native_id: int | None) -> float:
     """CPU seconds of one of our own threads (0 when unknown or /proc is missing)."""
     if not native_id:
         return 0.0
-    try:
-        with open(f"/proc/self/task/{native_id}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    return processes.cpu_seconds(processes.stat_fields(os.getpid(), native_id)) or 0.0
 
 
 class Metered(Protocol):

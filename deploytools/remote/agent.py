@@ -297,7 +297,7 @@ def receive_files(layout: Layout, partial: str, stream: BinaryIO, result: Dict[s
     shipped_pycs = extract(stream, int(stream.readline()), partial)[0] \
         if plan.get("pycs_follow") else 0
     timings["transfer"] = round(time.time() - started, 3)
-    cost.add("files_written", 0, count + shipped_pycs)
+    cost.count("files_written", count + shipped_pycs)
     result.update(files=len(files), linked=linked, received=count, bytes=size,
                   base=base, shipped_pycs=shipped_pycs)
     event("%d files: %d received (%d bytes), %d linked from %s" % (
@@ -326,7 +326,7 @@ def build_release(layout: Layout, partial: str, req: protocol.Prepare, files: Di
     compiled = apply_bytecode(partial, req, own_files, linked_paths,
                               layout.release(base) if base else None, base_manifest)
     timings["bytecode"] = round(time.time() - started, 3)
-    cost.add("files_written", 0, compiled.get("compiled") or compiled.get("cleared_files") or 0)
+    cost.count("files_written", compiled.get("compiled") or compiled.get("cleared_files") or 0)
     manifest["python"] = python_facts()
     manifest["bytecode"] = dict(compiled, mode=req.bytecode,
                                 invalidation=req.pyc_invalidation,

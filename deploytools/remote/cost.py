@@ -15,45 +15,21 @@ import resource
 import time
 from typing import Any, Dict, Optional
 
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+from deploytools.remote import processes
 
 
 def process_cpu(pid: int) -> Optional[float]:
-    """user+system CPU seconds of a process from /proc/PID/stat, None if unreadable."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open("/proc/%d/comm" % pid, "rb") as fh:
-            return fh.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-
-
-def _parent(pid: int) -> int:
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as fh:
-            return int(fh.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
+    """user+system CPU seconds of a process, None if /proc does not show it."""
+    return processes.cpu_seconds(processes.stat_fields(pid))
 
 
 def session_sshd() -> Optional[int]:
     """The nearest sshd ancestor (the session's unprivileged child, which does the
-    crypto); None when the agent does not run under sshd or /proc hides it."""
-    pid = os.getppid()
-    for _ in range(8):  # timeout, sudo and a shell may sit in between
-        if pid <= 1:
-            return None
-        if _comm(pid).startswith("sshd"):
+    crypto; timeout, sudo and a shell may sit in between); None when the agent does
+    not run under sshd or /proc hides it."""
+    for pid in processes.ancestors(os.getppid()):
+        if processes.command_name(pid).startswith("sshd"):
             return pid
-        pid = _parent(pid)
     return None
 
 
@@ -64,7 +40,12 @@ def add(key: str, before: Optional[float], after: Optional[float]) -> None:
     """Count another process's CPU between two readings into the running request's
     cost (supervisord's, around a restart); nothing when either reading failed."""
     if before is not None and after is not None:
-        _extra[key] = _extra.get(key, 0.0) + after - before
+        count(key, after - before)
+
+
+def count(key: str, amount: float) -> None:
+    """Add to one of the running request's own figures (files written)."""
+    _extra[key] = _extra.get(key, 0) + amount
 
 
 def _own() -> "tuple[float, float]":

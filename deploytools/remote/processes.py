@@ -45,14 +45,28 @@ def _link(path: str) -> Optional[str]:
         return None
 
 
-def stat_fields(pid: int) -> Optional[List[str]]:
-    """/proc/PID/stat after the command name (which may hold spaces and parentheses)."""
-    raw = _read("/proc/%d/stat" % pid)
+def stat_fields(pid: int, task: Optional[int] = None) -> Optional[List[str]]:
+    """/proc/PID/stat (or one thread's, /proc/PID/task/TASK/stat) after the command name
+    (which may hold spaces and parentheses)."""
+    raw = _read("/proc/%d/stat" % pid if task is None else "/proc/%d/task/%d/stat" % (pid, task))
     if raw is None:
         return None
     try:
         return raw.decode("ascii", "replace").rsplit(")", 1)[1].split()
     except IndexError:
+        return None
+
+
+def command_name(pid: int) -> str:
+    """The process's comm (its executable's short name), "" if /proc hides it."""
+    return (_read("/proc/%d/comm" % pid) or b"").decode("utf-8", "replace").strip()
+
+
+def cpu_seconds(fields: Optional[List[str]]) -> Optional[float]:
+    """User plus system CPU seconds from stat fields (utime, stime); None without them."""
+    try:
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK if fields else None
+    except (IndexError, ValueError):
         return None
 
 
@@ -207,7 +221,8 @@ def is_agent(cmdline: List[str]) -> bool:
         cmdline[-1] in ("cached", "inline")
 
 
-def _ancestors(pid: int) -> List[int]:
+def ancestors(pid: int) -> List[int]:
+    """pid, its parent, and so on up to (not including) init."""
     out = []
     while pid > 1 and len(out) < _MAX_DEPTH:
         fields = stat_fields(pid)
@@ -288,7 +303,7 @@ def strays(deploy_to: str, current_id: Optional[str]) -> Dict[str, Any]:
     """Processes (supervised or not; never this agent) that run code from another
     release or venv under `deploy_to`, and how many processes /proc would not show."""
     places = Places(deploy_to, current_id)
-    skip = set(_ancestors(os.getpid()))
+    skip = set(ancestors(os.getpid()))
     found: List[Dict[str, Any]] = []
     unreadable = 0
     for entry in os.listdir("/proc"):

@@ -16,6 +16,7 @@ bytes are consumed from the session's stream, so the request that follows is int
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import subprocess
 import tempfile
@@ -23,7 +24,6 @@ import zlib
 from typing import BinaryIO, Optional
 
 _BLOCK = 1 << 18
-_gnu_tar: "list[Optional[str]]" = []  # memo: [path] or [None], looked up once a session
 
 
 class UnpackError(Exception):
@@ -45,21 +45,19 @@ def extract(stream: BinaryIO, size: int, dest: str) -> "tuple[int, int]":
     return _extract_with_gnu_tar(tar, stream, size, dest)
 
 
+@functools.lru_cache(maxsize=None)  # looked up once a session
 def gnu_tar() -> Optional[str]:
     """The path of GNU tar if the host has it (its options are the ones used here)."""
-    if not _gnu_tar:
-        path = shutil.which("tar")
-        found = None
-        if path:
-            try:
-                out = subprocess.run([path, "--version"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                     timeout=10).stdout
-                found = path if b"GNU tar" in out else None
-            except (OSError, subprocess.SubprocessError):
-                found = None
-        _gnu_tar.append(found)
-    return _gnu_tar[0]
+    path = shutil.which("tar")
+    if not path:
+        return None
+    try:
+        out = subprocess.run([path, "--version"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if b"GNU tar" in out else None
 
 
 def _extract_with_gnu_tar(tar: str, stream: BinaryIO, size: int, dest: str
