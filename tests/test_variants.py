@@ -135,8 +135,12 @@ def test_variant_deploys_verifies_skips_and_rolls_back(vcli: Cli, vfleet: Fleet,
     assert current_release(sim.deploy_to) == first
 
     commit(vrepo, f"{variant.name}-v2")
-    ok(vcli, "deploy", *hosts)
+    cost = host_report(ok(vcli, "deploy", *hosts), variant.name)["cost"]
     assert current_release(sim.deploy_to) != first
+    # the agent measures itself on every kind of host (PyPy, symlinked deploy_to, ...)
+    assert cost["prepare"]["agent_cpu_s"] > 0 and cost["prepare"]["files_written"] >= 1
+    assert cost["prepare"]["sshd_cpu_s"] is not None
+    assert cost["activate"]["supervisord_cpu_s"] is not None
     ok(vcli, "rollback", *hosts)
     assert current_release(sim.deploy_to) == first
     ok(vcli, "verify", *hosts)
