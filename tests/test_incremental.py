@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from deploytools.remote.intact import read_record
+from deploytools.remote.intact import read_record, read_tree
 from deploytools.remote.releases import Layout
 from deploytools.sandbox import Fleet
 from tests.support.apprepo import AppRepo
@@ -157,6 +157,40 @@ def test_an_in_place_edit_is_never_carried_into_the_next_release(
     assert (new / MODS / "m0010.py").read_bytes() == shipped
     assert inode(new / MODS / "m0010.py") != after.st_ino
     assert target.read_bytes() != shipped  # an old release is never touched
+    icli("verify", "--hosts", "prod", check=True)
+
+
+def test_skip_unchanged_trusts_a_verified_tree_only_while_nothing_changed(
+        icli: Cli, fleet2: Fleet, app_repo: AppRepo, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a deploy the host verifies its release once and records the tree's
+    fingerprint; --skip-unchanged then proves the hosts unchanged by stat alone. An
+    in-place edit that keeps inode, size and mtime, made after that record, must still
+    make its host redeploy, and `inv verify` must still name it."""
+    deploy_base(icli, app_repo, tmp_path)
+    edited_host, other = fleet2.hosts
+    deadline = time.monotonic() + 15
+    for host in fleet2.hosts:
+        monkeypatch.setenv("HOME", str(host.home))  # the record is in the host user's cache
+        layout = Layout(str(host.deploy_to))
+        release = release_dirs(host.deploy_to)[-1].name
+        while not read_tree(layout, release) and time.monotonic() < deadline:
+            time.sleep(0.1)  # recorded in the background after the deploy
+        assert read_tree(layout, release), f"{host.name}: no verified tree was recorded"
+    report = tmp_path / "noop.json"
+    icli("deploy", "--hosts", "prod", "--skip-unchanged", "--json", str(report), check=True)
+    assert {h["outcome"] for h in json.loads(report.read_text())["hosts"]} == {"unchanged"}
+
+    target = release_dirs(edited_host.deploy_to)[-1] / MODS / "m0010.py"
+    before = target.stat()
+    with target.open("r+b") as fh:  # same inode, same size, mtime put back
+        fh.write(b"#" if target.read_bytes()[:1] != b"#" else b"!")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    done = icli("verify", "--hosts", "prod")
+    assert done.returncode != 0 and "m0010.py" in done.stdout + done.stderr
+    icli("deploy", "--hosts", "prod", "--skip-unchanged", "--json", str(report), check=True)
+    outcomes = {h["name"]: h["outcome"] for h in json.loads(report.read_text())["hosts"]}
+    assert outcomes == {edited_host.name: "healthy", other.name: "unchanged"}
     icli("verify", "--hosts", "prod", check=True)
 
 

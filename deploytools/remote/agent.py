@@ -40,7 +40,7 @@ from deploytools.remote import (
 )
 from deploytools.remote.bytecode import pyc_path
 from deploytools.remote.health import expand_placeholders
-from deploytools.remote.intact import intact_files, record_intact
+from deploytools.remote.intact import intact_files
 from deploytools.remote.releases import MANIFEST, META_DIR, Layout, files_digest, in_shared
 from deploytools.remote.supervisor import SupervisorError, connect
 
@@ -185,7 +185,7 @@ def is_unchanged(layout: Layout, req: protocol.Preflight) -> bool:
     manifest = layout.manifest(current) if current else None
     if not manifest or manifest.get("revision") != req.unchanged_if or layout.failure(current):
         return False
-    checks = verify.verify(req)["checks"]
+    checks = verify.verify(req, trust_record=True)["checks"]
     failed = [c for c in checks if not c["ok"]]
     if failed:
         event("on revision %s but %s: redeploying" % (
@@ -591,8 +591,9 @@ def op_finish(req: protocol.Finish, stream: BinaryIO) -> Dict[str, Any]:
     """Write the history line, remove old releases, release the lock: the end of every run.
 
     What nothing waits for happens afterwards, in the background: deleting the removed
-    releases' files and (`record_intact`, after a deploy) recording which files of the
-    current release are intact, so that the next deploy need not hash them all.
+    releases' files and (`record_verified`, after a deploy) verifying the current
+    release once and recording what was intact, so that the next deploy need not hash
+    every file, nor --skip-unchanged any.
     """
     layout = Layout(req.deploy_to)
     result: Dict[str, Any] = {}
@@ -622,7 +623,7 @@ def op_finish(req: protocol.Finish, stream: BinaryIO) -> Dict[str, Any]:
 def tidy_up(layout: Layout, record_release: Optional[str]) -> None:
     layout.empty_trash()
     if record_release:
-        record_intact(layout, record_release)
+        verify.record_verified(layout, record_release)
 
 
 def in_background(work: Callable[[], None]) -> None:

@@ -3,16 +3,23 @@
 A deploy starts its new release from the files of the previous one that are intact:
 an in-place hotfix must never leak into the next release. Hashing every file proves
 that, at the cost of reading the whole app on every deploy. So after a deploy, in the
-background, the current release is hashed once and each verified file's inode, size,
-mtime and *ctime* are recorded. The next deploy trusts a file whose stat still
-matches the record and hashes only the rest.
+background, the current release is verified once (verify.record_verified) and each
+verified file's inode, size, mtime and *ctime* are recorded. The next deploy trusts a
+file whose stat still matches the record and hashes only the rest.
 
-ctime is the anchor: no system call lets a user set it, and every write, chmod or
-link-count change moves it, so an edit that restores mtime and size (`cp -p`, `touch
--r`, `rsync -t --inplace`) is still seen. The record is taken only once the clock has
-moved a timestamp tick past each file's last change, so that a later edit can never
-carry the same ctime. Links and cleanups change ctimes too: those files are simply
-hashed again. `inv verify` never uses the record; it always hashes.
+When that verification found the whole tree clean (every file as shipped, no stray
+module, every pyc matching its source), the record also keeps the tree's fingerprint:
+one digest over the stat of every entry of the release (directories, pycs and the
+targets of symlinked files included). `--skip-unchanged` may then prove "nothing
+changed since it was verified" by stat alone, the same trust a deploy gives the record.
+
+ctime is the anchor: no system call lets a user set it, and every write, chmod, rename
+into a directory or link-count change moves it (a file's, or its directory's), so an
+edit that restores mtime and size (`cp -p`, `touch -r`, `rsync -t --inplace`) is still
+seen. The record is taken only once the clock has moved a timestamp tick past each
+entry's last change, so that a later edit can never carry the same ctime. Links and
+cleanups change ctimes too: those files are simply hashed again. `inv verify` never
+uses the record; it always hashes.
 
 The record lives outside deploy_to, in the SSH user's cache (one file per deploy_to,
 for its current release), so that nothing under deploy_to changes behind a run.
@@ -25,7 +32,7 @@ import json
 import os
 import stat
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
 
 from deploytools.remote.releases import Layout, in_shared, write_atomic
 
@@ -44,25 +51,62 @@ def intact_files(layout: Layout, release_id: str,
     return intact
 
 
-def record_intact(layout: Layout, release_id: str) -> int:
-    """Hash the release's files and record the stat of every intact one (run in the
-    background after a deploy). Returns how many files were recorded."""
-    files = list(_shipped_files(layout, release_id))
-    newest = max((info.st_ctime_ns for _, _, _, info in files), default=0)
-    coarse = all(info.st_ctime_ns % 1_000_000_000 == 0 for _, _, _, info in files)
-    wait = newest / 1e9 + (COARSE_TICK if coarse else FINE_TICK) - time.time()
+class TreeState(NamedTuple):
+    """One walk of a release: its fingerprint, and what recording needs from it."""
+
+    fingerprint: str
+    files: Dict[str, List[int]]  # regular files (path in release -> stat_key)
+    newest_ctime_ns: int
+    coarse: bool  # whole-second timestamps only
+
+
+def tree_state(root: str, skip_dirs: FrozenSet[str]) -> TreeState:
+    """Walk `root` (symlinked directories and `skip_dirs` not entered) and digest every
+    entry's type, inode, size, mtime and ctime; for a symlink, its target's too, since
+    a symlinked module is imported from there. Any change a check could see moves it."""
+    rows: List[Tuple[Any, ...]] = []
+    files: Dict[str, List[int]] = {}
+    stack = [(root, "")]
+    while stack:
+        path, rel = stack.pop()
+        with os.scandir(path) as listing:
+            for entry in listing:
+                name = rel + entry.name
+                info = entry.stat(follow_symlinks=False)
+                key = stat_key(info)
+                mode = info.st_mode
+                if stat.S_ISDIR(mode):
+                    if entry.name not in skip_dirs:
+                        stack.append((entry.path, name + "/"))
+                elif stat.S_ISREG(mode):
+                    files[name] = key
+                elif stat.S_ISLNK(mode):
+                    key = key + [os.readlink(entry.path), _target_key(entry.path)]
+                rows.append((name, mode, key))
+    rows.sort()
+    ctimes = [row[2][4] for row in rows]
+    return TreeState(hashlib.sha256(repr(rows).encode("utf-8", "surrogateescape")).hexdigest(),
+                     files, max(ctimes, default=0),
+                     all(ctime % 1_000_000_000 == 0 for ctime in ctimes))
+
+
+def _target_key(path: str) -> Any:
+    """A symlink's target, when it is a regular file (a symlinked module); directories
+    are not entered by any check, so their changes do not matter."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return "dangling"
+    return stat_key(info) if stat.S_ISREG(info.st_mode) else stat.S_IFMT(info.st_mode)
+
+
+def settle(state: TreeState) -> None:
+    """Wait until the clock is a timestamp tick past the tree's newest change: an edit
+    after that can never carry a ctime the record holds."""
+    tick = COARSE_TICK if state.coarse else FINE_TICK
+    wait = state.newest_ctime_ns / 1e9 + tick - time.time()
     if wait > 0:
         time.sleep(min(wait, COARSE_TICK))
-    record: Dict[str, List[Any]] = {}
-    for rel, digest, path, _ in files:
-        try:
-            info = os.lstat(path)  # before reading: an edit after this shows a newer ctime
-            if stat.S_ISREG(info.st_mode) and sha256(path) == digest:
-                record[rel] = [digest] + stat_key(info)
-        except OSError:
-            continue
-    write_record(layout, release_id, record)
-    return len(record)
 
 
 def stat_key(info: os.stat_result) -> List[int]:
@@ -125,6 +169,16 @@ def _record_path(layout: Layout, folder: str) -> str:
 
 
 def read_record(layout: Layout, release_id: str) -> Dict[str, List[Any]]:
+    """The recorded stat of the release's intact files (path -> [sha256] + stat_key)."""
+    return _read_document(layout, release_id).get("files") or {}
+
+
+def read_tree(layout: Layout, release_id: str) -> Optional[Dict[str, Any]]:
+    """The fingerprint of the release's tree as it was when verified clean, if it was."""
+    return _read_document(layout, release_id).get("tree")
+
+
+def _read_document(layout: Layout, release_id: str) -> Dict[str, Any]:
     for folder in record_dirs():
         if not _private(folder):
             continue
@@ -134,12 +188,14 @@ def read_record(layout: Layout, release_id: str) -> Dict[str, List[Any]]:
         except (OSError, ValueError):
             continue
         if isinstance(document, dict) and document.get("release") == release_id:
-            return document.get("files") or {}
+            return document
     return {}
 
 
-def write_record(layout: Layout, release_id: str, files: Dict[str, List[Any]]) -> None:
-    text = json.dumps({"release": release_id, "deploy_to": layout.deploy_to, "files": files})
+def write_record(layout: Layout, release_id: str, files: Dict[str, List[Any]],
+                 tree: Optional[Dict[str, Any]] = None) -> None:
+    text = json.dumps({"release": release_id, "deploy_to": layout.deploy_to, "files": files,
+                       "tree": tree})
     for folder in record_dirs():
         try:
             os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)

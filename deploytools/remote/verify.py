@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import sys
 import time
 from typing import Any, Dict, List, Optional, Union
 
-from deploytools.remote import bytecode, health, processes, protocol
+from deploytools.remote import bytecode, health, intact, processes, protocol
 from deploytools.remote.intact import sha256
 from deploytools.remote.releases import META_DIR, Layout, in_shared
 from deploytools.remote.supervisor import connect
@@ -32,7 +34,10 @@ def row(check: str, ok: bool, detail: str, evidence: Any = None,
             "fix": None if ok else fix}
 
 
-def verify(req: Checks) -> Dict[str, Any]:
+def verify(req: Checks, trust_record: bool = False) -> Dict[str, Any]:
+    """Every check of the current release. With `trust_record` (--skip-unchanged), the
+    content checks may be answered by the tree's fingerprint, as verified clean after
+    its deploy (intact.py); `inv verify` always reads every file."""
     layout = Layout(req.deploy_to)
     rows: List[Dict[str, Any]] = []
     release_id = layout.current_id()
@@ -42,9 +47,13 @@ def verify(req: Checks) -> Dict[str, Any]:
         return {"release": None, "checks": rows, "lock": layout.lock_owner()}
     release_dir = layout.release(release_id)
     manifest = layout.manifest(release_id) or {}
-    source_hashes: Dict[str, bytes] = {}
-    rows.append(check_integrity(layout, release_id, manifest, source_hashes))
-    rows.append(check_bytecode(release_dir, source_hashes))
+    recorded = unchanged_since_verified(layout, release_id, manifest) if trust_record else None
+    if recorded:
+        rows.extend(recorded)
+    else:
+        source_hashes: Dict[str, bytes] = {}
+        rows.append(check_integrity(layout, release_id, manifest, source_hashes))
+        rows.append(check_bytecode(release_dir, source_hashes))
     rows.extend(check_processes(layout, release_id, req))
     if (req.health or {}).get("url"):
         rows.append(check_health(layout, release_id, req))
@@ -157,6 +166,77 @@ def check_integrity(layout: Layout, release_id: str, manifest: Dict[str, Any],
         note = "; %d in-place edits acknowledged by clear-cache (%s)" % (
             len(acknowledged), ", ".join(sorted(acknowledged)[:5]))
     return row("integrity", True, "%d files match the manifest%s" % (count, note), evidence)
+
+
+SKIP_DIRS = frozenset(bytecode.DEFAULT_SKIP_DIRS) | {META_DIR}  # what no check looks into
+
+
+def record_verified(layout: Layout, release_id: str) -> int:
+    """Verify the release's content once, after its deploy (in the background), and
+    record it for the next run (intact.py): the stat of each intact file, and the tree's
+    fingerprint when it is clean and did not change while it was read. Returns how many
+    files were recorded."""
+    root = layout.release(release_id)
+    manifest = layout.manifest(release_id) or {}
+    try:
+        before = intact.tree_state(root, SKIP_DIRS)
+    except OSError:
+        return 0
+    intact.settle(before)
+    source_hashes: Dict[str, bytes] = {}
+    changes = integrity_changes(root, manifest, source_hashes)
+    spoilt = set(changes["changed"]) | set(changes["missing"])
+    shared = tuple(manifest.get("shared_paths") or [])
+    files = {rel: [digest] + before.files[rel]
+             for rel, digest in (manifest.get("files") or {}).items()
+             if rel in before.files and rel not in spoilt and not in_shared(rel, shared)}
+    tree = None
+    pycs = check_bytecode(root, source_hashes)
+    try:
+        unchanged = intact.tree_state(root, SKIP_DIRS).fingerprint == before.fingerprint
+    except OSError:
+        unchanged = False
+    if unchanged and pycs["ok"] and not any(changes.values()):
+        tree = dict(fingerprint=before.fingerprint, checked_at=time.time(),
+                    **_tree_conditions(manifest), files=len(manifest.get("files") or {}),
+                    bytecode=pycs["evidence"])
+    intact.write_record(layout, release_id, files, tree)
+    return len(files)
+
+
+def _tree_conditions(manifest: Dict[str, Any]) -> Dict[str, str]:
+    """What else the content checks' verdict rests on: the manifest it compared with and
+    the interpreter whose pycs it checked."""
+    text = json.dumps(manifest, sort_keys=True).encode()
+    return {"manifest": hashlib.sha256(text).hexdigest(),
+            "cache_tag": str(sys.implementation.cache_tag),
+            "magic": importlib.util.MAGIC_NUMBER.hex()}
+
+
+def unchanged_since_verified(layout: Layout, release_id: str, manifest: Dict[str, Any]
+                             ) -> Optional[List[Dict[str, Any]]]:
+    """The integrity and bytecode rows, proven by stat alone: None unless the release's
+    tree has exactly the fingerprint it had when it was last verified clean."""
+    tree = intact.read_tree(layout, release_id)
+    if not tree or any(tree.get(k) != v for k, v in _tree_conditions(manifest).items()):
+        return None
+    try:
+        if intact.tree_state(layout.release(release_id), SKIP_DIRS).fingerprint \
+                != tree.get("fingerprint"):
+            return None
+    except OSError:
+        return None
+    when = processes.stamp(float(tree.get("checked_at") or 0))
+    acknowledged = sorted(layout.state(release_id).get("in_place_edits") or {})
+    since = " (hashed at %s; no file has changed since)" % when
+    evidence = {"changed": [], "missing": [], "unshipped": [], "acknowledged": acknowledged,
+                "recorded_at": tree.get("checked_at")}
+    checked = tree.get("bytecode") or {}
+    count = int(tree.get("files") or 0)
+    return [row("integrity", True, "%d files match the manifest%s" % (count, since), evidence),
+            row("bytecode", True, "%d pycs match their sources, no importable orphans%s"
+                % (checked.get("checked", 0), since.replace("hashed", "checked")),
+                dict(checked, recorded_at=tree.get("checked_at")))]
 
 
 def python_files(root: str, skip: "set[str]") -> List[str]:
