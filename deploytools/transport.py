@@ -15,6 +15,7 @@ import hashlib
 import json
 import random
 import shlex
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -53,8 +54,18 @@ def frame(message: dict[str, Any]) -> bytes:
     return str(len(packed)).encode() + b"\n" + packed
 
 
-@cache
+_PACKING = threading.Lock()
+
+
 def _packed_agent() -> bytes:
+    """The agent's modules, packed once per process: every host thread asks for them at
+    the start of a run, and without the lock each would compress them itself."""
+    with _PACKING:
+        return _pack_agent()
+
+
+@cache
+def _pack_agent() -> bytes:
     here = Path(__file__).parent / "remote"
     modules: list[tuple[str, str | None]] = [("deploytools", None), ("deploytools.remote", None)]
     for name in REMOTE_MODULES:
