@@ -130,3 +130,40 @@ def test_a_git_url_is_mirrored_and_planned_like_the_local_repository(
     assert second.revision == git(repo, "rev-parse", "HEAD")
     assert reads == [["pkg/m9.py"]]
     assert second.files == build_artifact({"repo": str(repo)}).files
+
+
+TARINFO_FIELDS = ("name", "type", "size", "mode", "uid", "gid", "mtime", "linkname",
+                  "uname", "gname")
+
+
+def test_git_archives_are_read_as_tarfile_reads_them(repo: Path) -> None:
+    """The direct ustar reader gives what tarfile gives, member for member (files,
+    executables, symlinks, directories, a name that needs the ustar prefix and a
+    non-ASCII one), and hands anything it does not know to tarfile."""
+    (repo / "bin").mkdir()
+    (repo / "bin" / "run").write_text("#!/bin/sh\n")
+    (repo / "bin" / "run").chmod(0o755)
+    (repo / "link.py").symlink_to("app.py")
+    deep = "/".join(["d" * 30] * 4) + "/module.py"  # > 100 bytes: split into the prefix
+    commit(repo, {deep: "DEEP = 1\n", "café/naïve.py": "X = 1\n"})
+    data = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", "HEAD"],
+                          capture_output=True, check=True).stdout
+
+    def fields(members: list) -> list:
+        return [(tuple(getattr(info, f) for f in TARINFO_FIELDS), body)
+                for info, body in members]
+
+    direct = gitsource._parse_ustar(data)
+    assert direct is not None and fields(direct) == fields(gitsource._parse_with_tarfile(data))
+    assert {info.name for info, _ in direct} >= {deep, "café/naïve.py", "link.py", "bin/run"}
+    assert fields(gitsource._parse(data)) == fields(direct)
+
+    long_name = "x" * 120 + ".py"  # no prefix split possible: git writes a pax header
+    commit(repo, {long_name: "LONG = 1\n"})
+    data = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", "HEAD"],
+                          capture_output=True, check=True).stdout
+    assert gitsource._parse_ustar(data) is None
+    assert long_name in {info.name for info, _ in gitsource._parse(data)}
+    corrupt = bytearray(data)
+    corrupt[1024 + 10] ^= 1  # a header byte: its checksum no longer matches
+    assert gitsource._parse_ustar(bytes(corrupt)) is None
