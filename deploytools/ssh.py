@@ -165,15 +165,14 @@ def _host_key_policy(client: paramiko.SSHClient, ssh: dict[str, Any],
     client.set_missing_host_key_policy(_RefuseRevoked(policy, revoked))
 
 
-class _IdleQuietTransport(paramiko.Transport):
-    """paramiko's transport thread wakes from its socket every 0.1 s while idle (to
-    notice a close and keepalives). A host waits most of a large run for its turn:
-    measured, each connection then costs 0.65 ms of controller CPU per second, which at
-    200 hosts was most of the controller's work. Waking once a second costs 0.09 ms;
-    closing stays immediate (paramiko does not wait for the thread), and keepalives and
-    the handshake deadline are checked to within that second."""
-
-    _active_check_timeout = 1.0
+# paramiko's transport thread wakes from its socket every 0.1 s (to notice a close and
+# keepalives). A host waits most of a large run for its turn: measured, each connection
+# then costs 0.65 ms of controller CPU per second, most of the controller's work at 200
+# hosts. Once connected it wakes once a second (0.09 ms per second); closing stays
+# immediate (paramiko does not wait for the thread) and keepalives are checked to within
+# that second. The handshake keeps paramiko's own value: with a slower wake, 200
+# simultaneous handshakes on a loaded controller missed their deadline.
+IDLE_WAKE_S = 1.0
 
 
 def verified_connection(endpoint: access.Endpoint, ssh: dict[str, Any],
@@ -185,8 +184,7 @@ def verified_connection(endpoint: access.Endpoint, ssh: dict[str, Any],
     endpoint is already resolved (access.resolve)."""
     timeout = float(ssh["connect_timeout"])
     kwargs: dict[str, Any] = {"timeout": timeout, "banner_timeout": timeout,
-                              "auth_timeout": timeout, "auth_strategy": access.KeyAuth(endpoint),
-                              "transport_factory": _IdleQuietTransport}
+                              "auth_timeout": timeout, "auth_strategy": access.KeyAuth(endpoint)}
     if sock is not None:
         kwargs["sock"] = sock
     conn = Connection(host=endpoint.hostname, user=endpoint.user, port=endpoint.port,
@@ -207,6 +205,7 @@ def verified_connection(endpoint: access.Endpoint, ssh: dict[str, Any],
     if transport is not None:
         if isinstance(transport.sock, socket.socket):
             transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.sock.settimeout(IDLE_WAKE_S)  # a socket, a jump host's channel or a proxy
         transport.set_keepalive(15)
     return conn
 
@@ -244,6 +243,11 @@ def describe_connect_error(exc: Exception, endpoint: access.Endpoint,
         text, retryable = f"connection to {where} refused", True
     elif isinstance(exc, socket.gaierror):
         text = f"cannot resolve {endpoint.hostname}: {exc.strerror}"
+    elif isinstance(exc, paramiko.SSHException) and "No existing session" in str(exc):
+        # paramiko gives up waiting for the key exchange silently at the connect
+        # timeout; authentication then finds no session
+        text, retryable = (f"SSH handshake with {where} did not finish within "
+                           "ssh.connect_timeout (host or controller overloaded?)"), True
     elif isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
         text, retryable = f"no SSH banner from {where} (overloaded or not sshd)", True
     elif isinstance(exc, OSError):
