@@ -201,18 +201,33 @@ def _connect(url: str, deadline: float) -> socket.socket:
     return socket.create_connection((host.strip("[]"), port), timeout)
 
 
-def _read_all(sock: socket.socket, deadline: float) -> bytes:
-    chunks: List[bytes] = []
-    size = 0
-    while True:
+def _expected_size(raw: bytearray) -> Optional[int]:
+    """How long the whole response is, once its headers are in and give a Content-Length
+    (None while unknown: read on, to EOF if need be)."""
+    end = raw.find(b"\r\n\r\n")
+    for line in raw[:end].split(b"\r\n")[1:] if end >= 0 else ():
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return end + 4 + int(value)
+    return None
+
+
+def _read_response(sock: socket.socket, deadline: float) -> bytes:
+    """Up to EOF, or up to the end of a Content-Length body: a server that keeps the
+    connection open despite `Connection: close` costs no timeout."""
+    raw = bytearray()
+    expected: Optional[int] = None
+    while expected is None or len(raw) < expected:
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         chunk = sock.recv(65536)
         if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > _RESPONSE_LIMIT:
+            break
+        raw += chunk
+        if len(raw) > _RESPONSE_LIMIT:
             raise ResponseError("response larger than %d bytes" % _RESPONSE_LIMIT)
+        if expected is None:
+            expected = _expected_size(raw)
+    return bytes(raw)
 
 
 def parse_http(raw: bytes) -> bytes:
@@ -274,7 +289,7 @@ class ServerProxy:
         sock = _connect(self.url, deadline)
         try:
             sock.sendall(request + body)
-            raw = _read_all(sock, deadline)
+            raw = _read_response(sock, deadline)
         finally:
             sock.close()
         return loads_response(parse_http(raw))

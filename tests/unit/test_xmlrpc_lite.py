@@ -180,6 +180,29 @@ def test_timeout_bounds_the_call(tmp_path: Path) -> None:
             Supervisor({"serverurl": "unix://" + path}, timeout=0.2).ping()
 
 
+def test_content_length_ends_the_read_on_a_connection_left_open(tmp_path: Path) -> None:
+    path = str(tmp_path / "open.sock")
+    done = threading.Event()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(1)
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(ok(response("kept open")))
+                done.wait(10)  # the client must not wait for this close
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            assert Supervisor({"serverurl": "unix://" + path}, timeout=5).call("x") == "kept open"
+        finally:
+            done.set()
+            thread.join(5)
+
+
 @pytest.mark.parametrize("python", ["/usr/bin/python3", "/usr/bin/pypy3"])
 def test_agent_imports_no_http_client(python: str) -> None:
     """The point of xmlrpc_lite: ~30 ms of imports less on every host's agent start."""
