@@ -3,7 +3,8 @@
 Why not `supervisorctl`: its exit codes mislead (`start` exits 7 while supervisord
 keeps retrying in BACKOFF, `status` exits 0 for BACKOFF, `stop` ending in SIGKILL
 exits 0) and each call costs ~100 ms. XML-RPC over the unix socket answers in
-under a millisecond and reports real states, pids and start times.
+under a millisecond and reports real states, pids and start times. The client is our
+own (remote/xmlrpc_lite.py): xmlrpc.client's imports cost more than all its calls.
 
 Restart is always stop -> wait stopped -> start -> wait running: supervisor's
 `restart` keeps a process in the old directory when `current` has moved.
@@ -12,13 +13,12 @@ Restart is always stop -> wait stopped -> start -> wait running: supervisor's
 from __future__ import annotations
 
 import configparser
-import http.client
 import os
 import shlex
-import socket
 import time
-import xmlrpc.client
 from typing import Any, Dict, List, Optional, Tuple
+
+from deploytools.remote.xmlrpc_lite import Fault, ResponseError, ServerProxy
 
 RUNNING = "RUNNING"
 STOPPED_STATES = ("STOPPED", "EXITED", "FATAL")
@@ -29,30 +29,6 @@ DEFAULT_CONFS = ("/etc/supervisor/supervisord.conf", "/etc/supervisord.conf",
 
 class SupervisorError(Exception):
     """supervisord could not be reached, or a program did not reach the wanted state."""
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
-
-
-class UnixTransport(xmlrpc.client.Transport):
-    """XML-RPC over a unix socket: how supervisord is reached without a TCP port."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__()
-        self.unix_path = path
-        self.timeout = timeout
-
-    def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        return UnixHTTPConnection(self.unix_path, self.timeout)
 
 
 def resolve_server(settings: Dict[str, Any]) -> Tuple[str, Optional[str], Optional[str]]:
@@ -191,28 +167,20 @@ class StateWaits:
 class Supervisor(StateWaits):
     """A thin client for the calls a deploy needs."""
 
-    errors = (xmlrpc.client.Fault, SupervisorError)
+    errors = (Fault, SupervisorError)
 
     def __init__(self, settings: Dict[str, Any], timeout: float = 30.0) -> None:
         url, user, password = resolve_server(settings)
         self.url = url
-        if url.startswith("unix://"):
-            transport: xmlrpc.client.Transport = UnixTransport(url[len("unix://"):], timeout)
-            endpoint = "http://localhost/RPC2"
-        else:
-            transport = xmlrpc.client.Transport()
-            endpoint = url.rstrip("/") + "/RPC2"
-        if user:
-            scheme, rest = endpoint.split("://", 1)
-            endpoint = "%s://%s:%s@%s" % (scheme, user, password or "", rest)
-        self.proxy = xmlrpc.client.ServerProxy(endpoint, transport=transport, allow_none=True)
+        self.proxy = ServerProxy(url, user, password, timeout)
 
     def call(self, method: str, *args: Any) -> Any:
+        """`supervisor.<method>(*args)`; a Fault passes through, anything else that goes
+        wrong is a SupervisorError whose __cause__ is the OSError (connect() looks for a
+        PermissionError there). The message never carries the password."""
         try:
-            return getattr(self.proxy.supervisor, method)(*args)
-        except xmlrpc.client.Fault:
-            raise
-        except (OSError, xmlrpc.client.ProtocolError, http.client.HTTPException) as exc:
+            return self.proxy.call("supervisor." + method, *args)
+        except (OSError, ResponseError) as exc:
             raise SupervisorError(
                 "supervisord at %s is not reachable: %s" % (self.url, exc)) from exc
 
@@ -243,7 +211,7 @@ class Supervisor(StateWaits):
         for name in names:
             try:
                 self.call("stopProcess", name, False)
-            except xmlrpc.client.Fault as fault:
+            except Fault as fault:
                 if "NOT_RUNNING" not in fault.faultString:
                     raise SupervisorError("stop %s failed: %s"
                                           % (name, fault.faultString)) from None
@@ -255,7 +223,7 @@ class Supervisor(StateWaits):
         for name in names:
             try:
                 self.call("startProcess", name, False)
-            except xmlrpc.client.Fault as fault:
+            except Fault as fault:
                 if "ALREADY_STARTED" not in fault.faultString:
                     raise SupervisorError(self.failure_reason(name, fault.faultString)) from None
         return self.wait_states(names, (RUNNING,), timeout, failed=START_FAILED_STATES)
@@ -263,7 +231,7 @@ class Supervisor(StateWaits):
     def stderr_tail(self, name: str) -> str:
         try:
             text = self.call("tailProcessStderrLog", name, 0, 4000)[0]
-        except (xmlrpc.client.Fault, SupervisorError):
+        except (Fault, SupervisorError):
             return ""
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return lines[-1][:300] if lines else ""

@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import http.client
+import socket
 import xmlrpc.client
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from deploytools.remote.supervisor import UnixTransport
 from deploytools.sandbox.env import _is_root
 
 if TYPE_CHECKING:
     from deploytools.sandbox.host import SimHost
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+class UnixTransport(xmlrpc.client.Transport):
+    """XML-RPC over a unix socket, for the sandbox (the controller side: the agent has
+    its own client, remote/xmlrpc_lite.py, which imports far less)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__()
+        self.unix_path = path
+        self.timeout = timeout
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        return UnixHTTPConnection(self.unix_path, self.timeout)
 
 
 def supervisor_proxy(socket_path: Path | str, timeout: float = 5.0) -> xmlrpc.client.ServerProxy:
