@@ -37,7 +37,7 @@ def test_inventory_mode_runs_every_case_over_ssh(fleet2: Fleet, tmp_path: Path) 
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "run.py"), "--inventory", str(inventory),
-         "--repo", str(repo), "--repeat", "1", "--modules", "20", "--scale", "0",
+         "--repo", str(repo), "--repeat", "1", "--modules", "20", "--scale", "0", "--settle", "0",
          "--out", str(out)],
         capture_output=True, text=True, timeout=180, check=False)
     wall = time.monotonic() - started
