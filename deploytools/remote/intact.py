@@ -32,9 +32,9 @@ import json
 import os
 import stat
 import time
-from typing import Any, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from deploytools.remote.releases import Layout, in_shared, write_atomic
+from deploytools.remote.releases import META_DIR, Layout, in_shared, write_atomic
 
 FINE_TICK = 0.05  # seconds: ctime resolution on filesystems with sub-second timestamps
 COARSE_TICK = 1.05  # ... and on those with whole seconds only
@@ -60,10 +60,12 @@ class TreeState(NamedTuple):
     coarse: bool  # whole-second timestamps only
 
 
-def tree_state(root: str, skip_dirs: FrozenSet[str]) -> TreeState:
-    """Walk `root` (symlinked directories and `skip_dirs` not entered) and digest every
-    entry's type, inode, size, mtime and ctime; for a symlink, its target's too, since
-    a symlinked module is imported from there. Any change a check could see moves it."""
+def tree_state(root: str) -> TreeState:
+    """Walk `root` (symlinked directories not entered, its own .deploytools state left
+    out) and digest every entry's type, inode, size, mtime and ctime; for a symlink, its
+    target's too, since a symlinked module is imported from there. Any change a check
+    could see moves it: nothing else is skipped, not even the directories the bytecode
+    check passes over (a venv, .git), since the manifest may ship files there."""
     rows: List[Tuple[Any, ...]] = []
     files: Dict[str, List[int]] = {}
     stack = [(root, "")]
@@ -76,7 +78,7 @@ def tree_state(root: str, skip_dirs: FrozenSet[str]) -> TreeState:
                 key = stat_key(info)
                 mode = info.st_mode
                 if stat.S_ISDIR(mode):
-                    if entry.name not in skip_dirs:
+                    if name != META_DIR:
                         stack.append((entry.path, name + "/"))
                 elif stat.S_ISREG(mode):
                     files[name] = key

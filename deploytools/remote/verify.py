@@ -168,9 +168,6 @@ def check_integrity(layout: Layout, release_id: str, manifest: Dict[str, Any],
     return row("integrity", True, "%d files match the manifest%s" % (count, note), evidence)
 
 
-SKIP_DIRS = frozenset(bytecode.DEFAULT_SKIP_DIRS) | {META_DIR}  # what no check looks into
-
-
 def record_verified(layout: Layout, release_id: str) -> int:
     """Verify the release's content once, after its deploy (in the background), and
     record it for the next run (intact.py): the stat of each intact file, and the tree's
@@ -179,7 +176,7 @@ def record_verified(layout: Layout, release_id: str) -> int:
     root = layout.release(release_id)
     manifest = layout.manifest(release_id) or {}
     try:
-        before = intact.tree_state(root, SKIP_DIRS)
+        before = intact.tree_state(root)
     except OSError:
         return 0
     intact.settle(before)
@@ -193,7 +190,7 @@ def record_verified(layout: Layout, release_id: str) -> int:
     tree = None
     pycs = check_bytecode(root, source_hashes)
     try:
-        unchanged = intact.tree_state(root, SKIP_DIRS).fingerprint == before.fingerprint
+        unchanged = intact.tree_state(root).fingerprint == before.fingerprint
     except OSError:
         unchanged = False
     if unchanged and pycs["ok"] and not any(changes.values()):
@@ -221,7 +218,7 @@ def unchanged_since_verified(layout: Layout, release_id: str, manifest: Dict[str
     if not tree or any(tree.get(k) != v for k, v in _tree_conditions(manifest).items()):
         return None
     try:
-        if intact.tree_state(layout.release(release_id), SKIP_DIRS).fingerprint \
+        if intact.tree_state(layout.release(release_id)).fingerprint \
                 != tree.get("fingerprint"):
             return None
     except OSError:

@@ -62,17 +62,19 @@ def clean_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Layo
     shared.mkdir(parents=True)
     (shared / "local_settings.py").write_text("DEBUG = False\n")
     (release / "pkg" / "local_settings.py").symlink_to(shared / "local_settings.py")
-    files = {"app.py": b"import pkg\n", "pkg/__init__.py": b"VALUE = 1\n"}
+    files = {"app.py": b"import pkg\n", "pkg/__init__.py": b"VALUE = 1\n",
+             "tools/venv/settings.cfg": b"level = 1\n"}  # shipped where pycs are not looked for
     for name, data in files.items():
+        (release / name).parent.mkdir(parents=True, exist_ok=True)
         (release / name).write_bytes(data)
-    for name in list(files) + ["pkg/local_settings.py"]:
+    for name in ["app.py", "pkg/__init__.py", "pkg/local_settings.py"]:
         py_compile.compile(str(release / name), doraise=True,
                            invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     digests["pkg/local_settings.py"] = "symlink:" + str(shared / "local_settings.py")
     (release / ".deploytools" / "release.json").write_text(json.dumps(
         {"id": "r1", "files": digests}))
-    assert verify.record_verified(layout, "r1") == 2
+    assert verify.record_verified(layout, "r1") == 3
     assert intact.read_tree(layout, "r1")
     return layout, release
 
@@ -92,7 +94,7 @@ def edit_keeping_mtime(path: Path) -> None:
 
 @pytest.mark.parametrize("change", [
     "edit", "chmod", "new module", "stale pyc", "orphan pyc", "shared module edited",
-    "symlink retargeted", "manifest",
+    "symlink retargeted", "manifest", "file in a venv directory",
 ])
 def test_a_clean_tree_is_trusted_until_anything_a_check_could_see_changes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
@@ -130,6 +132,8 @@ def test_a_clean_tree_is_trusted_until_anything_a_check_could_see_changes(
         link = release / "pkg" / "local_settings.py"
         link.unlink()
         link.symlink_to(tmp_path / "app" / "shared" / "local_settings.py")
+    elif change == "file in a venv directory":
+        edit_keeping_mtime(release / "tools" / "venv" / "settings.cfg")
     elif change == "manifest":
         manifest = json.loads((release / ".deploytools" / "release.json").read_text())
         manifest["files"]["app.py"] = "0" * 64
