@@ -401,6 +401,7 @@ def send_sigint() -> None:
 def test_first_interrupt_finishes_the_step_then_stops_and_unlocks(tmp_path, source):
     fleet = make_fleet(tmp_path, source, 3)
     fleet["web2"].script.before["prepare"] = send_sigint
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background
     result = deploy(fleet)
     assert result.exit_code == ExitCode.INTERRUPTED
     assert set(outcome(result).values()) == {SKIPPED}
@@ -408,7 +409,7 @@ def test_first_interrupt_finishes_the_step_then_stops_and_unlocks(tmp_path, sour
     assert set(currents(fleet).values()) == {OLD}
     assert not any("activate" in h.calls for h in fleet.hosts.values())
     assert_unlocked(fleet)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
 def test_first_interrupt_between_batches_keeps_switched_hosts(tmp_path, source):
