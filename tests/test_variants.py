@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from deploytools.remote.intact import read_tree
+from deploytools.remote.releases import Layout
 from deploytools.sandbox import (
     PYPY,
     Fleet,
@@ -117,6 +119,18 @@ def ok(cli: Cli, *args: str) -> dict[str, Any]:
 HEALTHY = [v for v in VARIANTS if not v.stubborn_workers]
 
 
+def wait_for_fingerprint(sim: Any, release: str) -> None:
+    """The host verifies a release in the background after its deploy and records the
+    tree's fingerprint in the SSH user's cache; --skip-unchanged trusts only that."""
+    layout = Layout(str(sim.deploy_to))
+    deadline = time.monotonic() + 20
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(sim.home))
+        while not read_tree(layout, release) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert read_tree(layout, release), f"{sim.name}: no fingerprint was recorded"
+
+
 @pytest.mark.parametrize("variant", HEALTHY, ids=[v.name for v in HEALTHY])
 def test_variant_deploys_verifies_skips_and_rolls_back(vcli: Cli, vfleet: Fleet,
                                                       vrepo: AppRepo, variant: Variant) -> None:
@@ -130,7 +144,10 @@ def test_variant_deploys_verifies_skips_and_rolls_back(vcli: Cli, vfleet: Fleet,
     assert set(before) >= set(["app:app"] + (
         [f"worker:worker_{i}" for i in range(variant.worker_procs)]
         if variant.worker_procs > 1 else []))
-    ok(vcli, "deploy", *hosts, "--skip-unchanged")
+    wait_for_fingerprint(sim, first)
+    code, _, stderr = run_json(vcli, "deploy", *hosts, "--skip-unchanged")
+    assert code == 0, stderr[-3000:]
+    assert "by the fingerprint" in stderr  # its files proven unchanged without a read
     assert supervised_pids(sim) == before
     assert current_release(sim.deploy_to) == first
 

@@ -191,7 +191,10 @@ def is_unchanged(layout: Layout, req: protocol.Preflight) -> bool:
         event("on revision %s but %s: redeploying" % (
             str(req.unchanged_if)[:12], "; ".join(c["detail"] for c in failed[:2])))
         return False
-    event("already on %s and verified: nothing to do" % current)
+    by_fingerprint = any("recorded_at" in (c.get("evidence") or {}) for c in checks)
+    event("already on %s and verified%s: nothing to do" % (
+        current, " (its files by the fingerprint taken when it was last verified)"
+        if by_fingerprint else ""))
     return True
 
 
