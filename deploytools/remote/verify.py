@@ -225,14 +225,15 @@ def unchanged_since_verified(layout: Layout, release_id: str, manifest: Dict[str
         return None
     when = processes.stamp(float(tree.get("checked_at") or 0))
     acknowledged = sorted(layout.state(release_id).get("in_place_edits") or {})
-    since = " (hashed at %s; no file has changed since)" % when
+    unchanged = "; no file has changed since)"
     evidence = {"changed": [], "missing": [], "unshipped": [], "acknowledged": acknowledged,
                 "recorded_at": tree.get("checked_at")}
     checked = tree.get("bytecode") or {}
     count = int(tree.get("files") or 0)
-    return [row("integrity", True, "%d files match the manifest%s" % (count, since), evidence),
-            row("bytecode", True, "%d pycs match their sources, no importable orphans%s"
-                % (checked.get("checked", 0), since.replace("hashed", "checked")),
+    return [row("integrity", True, "%d files match the manifest (hashed at %s%s"
+                % (count, when, unchanged), evidence),
+            row("bytecode", True, "%d pycs match their sources, no importable orphans "
+                "(checked at %s%s" % (checked.get("checked", 0), when, unchanged),
                 dict(checked, recorded_at=tree.get("checked_at")))]
 
 
