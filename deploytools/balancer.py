@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import paramiko
+
 from deploytools.console import Console
 from deploytools.errors import ConfigError, DeployToolsError
 from deploytools.hoststate import HostRun
@@ -43,6 +45,7 @@ DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_READY_TIMEOUT = 30.0
 POLL_INTERVAL = 0.1
 SOCKET_TIMEOUT = 10.0
+CHANNEL_OPEN_TIMEOUT = 5.0  # sshd answers a channel open in milliseconds
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")  # HAProxy proxy/server names; no spaces or ';'
 
 
@@ -201,30 +204,49 @@ class LocalRuntime:
 
 @dataclass
 class ViaRuntime:
-    """The runtime API reached over an inventory host's (host-key verified) SSH connection."""
+    """The runtime API reached over an inventory host's (host-key verified) SSH connection.
+
+    A channel that does not open (the connection went stale, or sshd did not answer in
+    CHANNEL_OPEN_TIMEOUT) is retried once on a fresh connection: the command has not run
+    then, and every command sent is idempotent (a state, or `show stat`)."""
 
     address: str
     host: Host
-    connection: Callable[[], Any]  # -> fabric.Connection
+    connection: Callable[[bool], Any]  # (fresh) -> fabric.Connection
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, command: str) -> str:
         line = remote_client_command(self.host.python, self.address, command)
+        where = f"runtime API {self.address} via {self.host.name}"
         with self._lock:
-            client = self.connection().client
             try:
-                _, stdout, stderr = client.exec_command(line, timeout=SOCKET_TIMEOUT + 5)
-                out = stdout.read().decode("utf-8", "replace")
-                status = stdout.channel.recv_exit_status()
-                err = stderr.read().decode("utf-8", "replace").strip().splitlines()
-            except (OSError, EOFError) as exc:
-                raise BalancerError(self.host.name, f"runtime API {self.address} via "
-                                                    f"{self.host.name}: {exc}") from None
+                channel = self._open_channel()
+                channel.settimeout(SOCKET_TIMEOUT + 5)
+                channel.exec_command(line)
+                out = channel.makefile("rb").read().decode("utf-8", "replace")
+                status = channel.recv_exit_status()
+                err = channel.makefile_stderr("rb").read().decode("utf-8", "replace")
+                channel.close()
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise BalancerError(self.host.name, f"{where}: {exc}") from None
         if status != 0:
-            raise BalancerError(self.host.name, f"runtime API {self.address} via "
-                                                f"{self.host.name} does not answer: "
-                                                f"{err[-1] if err else f'exit {status}'}")
+            lines = err.strip().splitlines()
+            raise BalancerError(self.host.name, f"{where} does not answer: "
+                                                f"{lines[-1] if lines else f'exit {status}'}")
         return out
+
+    def _open_channel(self) -> paramiko.Channel:
+        try:
+            return _session_on(self.connection(False))
+        except (OSError, EOFError, paramiko.SSHException):
+            return _session_on(self.connection(True))
+
+
+def _session_on(conn: Any) -> paramiko.Channel:
+    transport = conn.client.get_transport()
+    if transport is None or not transport.is_active():
+        raise paramiko.SSHException("SSH connection lost")
+    return transport.open_session(timeout=CHANNEL_OPEN_TIMEOUT)
 
 
 # --------------------------------------------------------------------------- the drain
@@ -315,22 +337,30 @@ class Balancer:
         if key not in self.runtimes:
             address, via = key
             self.runtimes[key] = LocalRuntime(address) if not via else \
-                ViaRuntime(address, self._via_host(via), lambda: self._via_connection(via))
+                ViaRuntime(address, self._via_host(via),
+                           lambda fresh: self._via_connection(via, fresh))
         return self.runtimes[key]
 
     def _via_host(self, name: str) -> Host:
         run = self._by_name.get(name)
         return run.host if run is not None else self._inventory[name]
 
-    def _via_connection(self, name: str) -> Any:
+    def _via_connection(self, name: str, fresh: bool = False) -> Any:
+        """The via host's connection: its run connection when it is deployed too, else
+        one of our own; `fresh` replaces our own with a new one (never the run's: its
+        agent session lives on it)."""
         from deploytools.transport import HostConnection
 
         run = self._by_name.get(name)
-        if run is not None and run.conn is not None and run.conn.fabric is not None:
+        if not fresh and run is not None and run.conn is not None and \
+                run.conn.fabric is not None:
             return run.conn.fabric
-        for conn in self._own:
+        for conn in list(self._own):
             if conn.host.name == name:
-                return conn.fabric
+                if not fresh:
+                    return conn.fabric
+                self._own.remove(conn)
+                conn.close()
         conn = HostConnection(self._via_host(name))
         conn.open()
         self._own.append(conn)

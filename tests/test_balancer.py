@@ -7,6 +7,7 @@ requests and every server back in rotation.
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 import signal
@@ -214,12 +215,36 @@ def test_via_host_reaches_a_socket_only_it_can_see(lb_cli: Cli, app_repo: AppRep
         private.stop()
 
 
+def test_via_runtime_survives_a_connection_gone_stale(lb_cli: Cli, fleet4: Fleet,
+                                                      tmp_path: Path) -> None:
+    """The via host's SSH connection dies between two commands (sshd restarted, NAT
+    timeout): the next command opens a fresh connection instead of failing the drain."""
+    from deploytools.balancer import Balancer
+    from deploytools.console import Console
+    from deploytools.inventory import load_inventory
+
+    lb_host = fleet4.host("web4")
+    private = haproxy_for(fleet4, tmp_path / "lb", free_port(), ["web1"],
+                          socket_path=lb_host.home / "haproxy" / "admin.sock")
+    hosts = {h.name: h for h in load_inventory(lb_cli.inventory).select("all")}
+    balancer_ = Balancer([], Console(io.StringIO()), inventory_hosts=hosts)
+    key = ("~/haproxy/admin.sock", "web4")
+    try:
+        assert ("app", "web1") in balancer_.stats(key)
+        first = balancer_._via_connection("web4")
+        first.client.get_transport().close()
+        assert ("app", "web1") in balancer_.stats(key)
+        assert balancer_._via_connection("web4") is not first
+    finally:
+        balancer_.close()
+        private.stop()
+
+
 def test_per_host_hook_points_run_inside_each_batch(lb_cli: Cli, app_repo: AppRepo,
                                                     fleet4: Fleet, tmp_path: Path) -> None:
     """Local and shell hooks: before_switch for the whole fleet first, then per host and
     in batch order before_restart -> (stop, start, health) -> after_restart; --batch-wait
     pauses between batches."""
-    import io
 
     import yaml
 
