@@ -5,7 +5,7 @@ deploytools (benchmarks/run.py --profile), not part of any task's interface, and
 reach every task alike. DIR receives `controller.pstats` (the main thread and every
 host worker thread, merged; read with `python -m pstats`) and `agent-<host>.pstats`
 for the first host that connects (its agent profiles itself from its first request to
-`finish` and returns the stats in that answer). Paramiko's reader threads and the
+`finish` and returns the stats so far with each answer). Paramiko's reader threads and the
 compile workers are not in it: their cost is in the report's `cost`.
 """
 

@@ -8,7 +8,6 @@ deploy and rollback, operations.py for the others), inside one `FleetRun`.
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import importlib.util
 import os
@@ -386,7 +385,7 @@ def call(run: HostRun, request: protocol.Request, console: Console, quiet: bool 
     assert run.conn is not None
     if run.lock_token and not run.dry_run:
         # the host refuses changes from a run that no longer holds its lock
-        request = dataclasses.replace(request, lock_token=run.lock_token)
+        request = request.replace(lock_token=run.lock_token)
     on_event: Callable[[str], None] | None = None
     if not quiet:
         def on_event(message: str) -> None:

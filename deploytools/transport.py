@@ -35,9 +35,9 @@ from deploytools.remote.protocol import Request
 from deploytools.ssh import Held, connect, release_jumps
 
 REMOTE_MODULES = (  # in load order: a module's imports come before it
-    "protocol", "bytecode", "health", "releases", "intact", "processes", "locking",
-    "xmlrpc_lite", "supervisor", "supervisorctl", "hooks", "build", "verify", "unpack", "cost",
-    "agent",
+    "protocol", "bytecode", "http_lite", "health", "releases", "intact", "processes",
+    "locking", "xmlrpc_lite", "supervisor", "supervisorctl", "hooks", "build", "verify",
+    "unpack", "cost", "agent",
 )
 
 AGENT_CACHE_MISS = 75  # the bootstrap's exit status when the host lacks this agent

@@ -790,8 +790,8 @@ def serve(wire: Dict[str, Any], stream: BinaryIO) -> bool:
         result["cost"] = meter.stop()
         if STARTUP:
             result["cost"]["startup"] = STARTUP.pop()  # reported once, with the first result
-        if req.op == "finish" and cost.profile.running():
-            result["profile"] = cost.profile.stop()
+        if cost.profile.running():
+            result["profile"] = cost.profile.stats(stop=req.op == "finish")
         emit("result", result)
         return True
     except protocol.ProtocolError as exc:

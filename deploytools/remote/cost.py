@@ -86,7 +86,9 @@ def startup() -> Dict[str, Any]:
 
 class _Profile:
     """The agent's own cProfile (DEPLOYTOOLS_PROFILE on the controller): from the first
-    request that asks for it to `finish`, returned as base64 of pstats' marshal form."""
+    request that asks for it to `finish`, returned as base64 of pstats' marshal form with
+    every result (the stats so far: a run that ends early, a no-op under
+    --skip-unchanged, never sends `finish`)."""
 
     def __init__(self) -> None:
         self._profiler: Any = None
@@ -101,14 +103,19 @@ class _Profile:
     def running(self) -> bool:
         return self._profiler is not None
 
-    def stop(self) -> str:
+    def stats(self, stop: bool) -> str:
+        """The stats so far; profiling goes on unless `stop`."""
         import base64
         import marshal
 
-        profiler, self._profiler = self._profiler, None
-        profiler.disable()
-        profiler.create_stats()
-        return base64.b64encode(marshal.dumps(profiler.stats)).decode()
+        profiler = self._profiler
+        profiler.create_stats()  # disables it
+        data = base64.b64encode(marshal.dumps(profiler.stats)).decode()
+        if stop:
+            self._profiler = None
+        else:
+            profiler.enable()
+        return data
 
 
 profile = _Profile()

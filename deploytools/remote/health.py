@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
+
+from deploytools.remote import http_lite
 
 
 def expand_placeholders(template: Any, values: Dict[str, str]) -> Any:
@@ -69,12 +71,52 @@ def describe(spec: Dict[str, Any]) -> str:
     return (", " + ", ".join(parts)) if parts else ""
 
 
+_BODY_LIMIT = 65536
+_REDIRECTS = (301, 302, 303, 307, 308)
+_MAX_REDIRECTS = 10  # as urllib
+
+
+def _urllib_get(url: str, timeout: float) -> Tuple[int, bytes]:
+    """https, credentials in the URL, non-ASCII: urllib's full client (never through a
+    proxy from the environment: the app is checked where it runs)."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return response.status, response.read(_BODY_LIMIT)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(_BODY_LIMIT) if exc.fp else b""
+    except http.client.HTTPException as exc:  # a garbage status line, a truncated body
+        raise http_lite.ResponseError(str(exc) or type(exc).__name__) from None
+
+
+def _plain(url: str) -> bool:
+    return url.startswith("http://") and url.isascii() and \
+        "@" not in url.split("//", 1)[1].split("/", 1)[0]
+
+
+def fetch(url: str, timeout: float) -> Tuple[int, bytes]:
+    """Status and (the first 64 KiB of the) body of a GET, redirects followed as urllib
+    does. Plain http:// (nearly every health URL: the app on the host itself) goes
+    through http_lite, which costs no http.client import."""
+    for _ in range(_MAX_REDIRECTS + 1):
+        if not _plain(url):
+            return _urllib_get(url, timeout)
+        response = http_lite.get(url, timeout, _BODY_LIMIT)
+        location = response.headers.get("location")
+        if response.status not in _REDIRECTS or not location:
+            return response.status, response.body
+        from urllib.parse import urljoin  # only on a redirect
+
+        url = urljoin(url, location)
+    raise http_lite.ResponseError("more than %d redirects" % _MAX_REDIRECTS)
+
+
 def check(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Poll the URL until healthy or the deadline passes; the last attempt explains failures."""
-    import http.client  # its errors: garbage status lines, truncated bodies
-    import urllib.error  # here: urllib costs more to import than a session without a
-    import urllib.request  # health check spends on anything else
-
     url = spec["url"]
     timeout = float(spec.get("timeout") or 30)
     interval = float(spec.get("interval") or 1)
@@ -84,19 +126,12 @@ def check(spec: Dict[str, Any]) -> Dict[str, Any]:
     started = time.time()
     problem = "not checked"
     body = b""
-    # Never through a proxy from the environment: the app is checked where it runs.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     while True:
         attempts += 1
         status = 0
         try:
-            with opener.open(url, timeout=request_timeout) as response:
-                status = response.status
-                body = response.read(65536)
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            body = exc.read(65536) if exc.fp else b""
-        except (OSError, ValueError, http.client.HTTPException) as exc:
+            status, body = fetch(url, request_timeout)
+        except (OSError, ValueError, http_lite.ResponseError) as exc:
             reason = getattr(exc, "reason", exc)
             problem = "no answer: %s" % (reason if str(reason) else type(exc).__name__)
         if status:

@@ -11,8 +11,7 @@ the two ends cannot drift apart silently.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar, Dict, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional, Tuple, Type, Union
 
 TRANSPORT_FIELDS = ("time_limit", "streams", "profile")  # added by transport.call, read by
 # agent.main and agent.serve
@@ -34,8 +33,72 @@ class ProtocolError(ValueError):
         self.op = op
 
 
-@dataclasses.dataclass
-class Request:
+if TYPE_CHECKING:  # type checkers see the dataclasses these behave as
+    from dataclasses import dataclass as message
+else:
+    def message(cls):
+        """Declare a message class: its fields are its (and its bases') annotations that
+        are not ClassVars, in order; a class-level value is that field's default.
+
+        Why not dataclasses: importing it (and the inspect it imports) and generating
+        its methods cost ~15 ms of CPU on every agent start on every host, for classes
+        that only hold JSON data (every default is immutable)."""
+        names, defaults = [], {}
+        for klass in reversed(cls.__mro__):
+            for name, annotation in klass.__dict__.get("__annotations__", {}).items():
+                if str(annotation).startswith(("ClassVar", "typing.ClassVar")):
+                    continue
+                if name not in names:
+                    names.append(name)
+                if name in klass.__dict__:
+                    defaults[name] = klass.__dict__[name]
+                else:
+                    defaults.pop(name, None)
+        cls.FIELDS, cls.DEFAULTS = tuple(names), defaults
+        return cls
+
+
+class Message:
+    """Keyword construction, equality, repr and to_wire for @message classes."""
+
+    FIELDS: ClassVar[Tuple[str, ...]] = ()
+    DEFAULTS: ClassVar[Dict[str, Any]] = {}
+
+    def __init__(self, **values: Any) -> None:
+        for name in values:
+            if name not in self.FIELDS:
+                raise TypeError("%s() got an unexpected keyword argument %r"
+                                % (type(self).__name__, name))
+        for name in self.FIELDS:
+            if name in values:
+                setattr(self, name, values[name])
+            elif name in self.DEFAULTS:
+                setattr(self, name, self.DEFAULTS[name])
+            else:
+                raise TypeError("%s() missing required argument %r"
+                                % (type(self).__name__, name))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_wire() == other.to_wire()  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return "%s(%s)" % (type(self).__name__,
+                           ", ".join("%s=%r" % (n, getattr(self, n)) for n in self.FIELDS))
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with some fields changed (dataclasses.replace)."""
+        values = {n: getattr(self, n) for n in self.FIELDS}
+        values.update(changes)
+        return type(self)(**values)
+
+    def to_wire(self) -> Dict[str, Any]:
+        """The JSON object sent: every field (None included). Shallow: fields hold plain
+        JSON data, and a deep copy of the settings cost more than a round trip."""
+        return {n: getattr(self, n) for n in self.FIELDS}
+
+
+@message
+class Request(Message):
     """Base of every op's request: the envelope fields plus the op's class-level flags.
 
     `mutating`: changes the host, so a dry run must not send it (dryrun answers it).
@@ -49,9 +112,7 @@ class Request:
     def to_wire(self) -> Dict[str, Any]:
         """The JSON object sent to the agent: op plus every field (None included)."""
         wire = {"op": self.op}
-        # shallow: fields hold plain JSON data, and asdict's deep copy of the settings
-        # cost more than the request's whole round trip
-        wire.update((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))
+        wire.update(super().to_wire())
         return wire
 
     @classmethod
@@ -60,26 +121,17 @@ class Request:
         return parse_request(wire)
 
 
-def _fields(cls: type) -> Dict[str, dataclasses.Field]:  # type: ignore[type-arg]
-    return {f.name: f for f in dataclasses.fields(cls)}
-
-
-def _required(field: dataclasses.Field) -> bool:  # type: ignore[type-arg]
-    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-
-
-def _build(cls: type, op: str, wire: Dict[str, Any], ignore: Tuple[str, ...]) -> Any:
-    fields = _fields(cls)
+def _build(cls: Type[Message], op: str, wire: Dict[str, Any], ignore: Tuple[str, ...]) -> Any:
     for name in wire:
-        if name not in fields and name not in ignore:
+        if name not in cls.FIELDS and name not in ignore:
             raise ProtocolError(op, "unknown field %r" % name)
-    for name, field in fields.items():
-        if _required(field) and name not in wire:
+    for name in cls.FIELDS:
+        if name not in cls.DEFAULTS and name not in wire:
             raise ProtocolError(op, "missing required field %r" % name)
-    return cls(**{k: v for k, v in wire.items() if k in fields})
+    return cls(**{k: v for k, v in wire.items() if k in cls.FIELDS})
 
 
-@dataclasses.dataclass
+@message
 class Preflight(Request):
     op: ClassVar[str] = "preflight"
     deploy_to: str
@@ -96,7 +148,7 @@ class Preflight(Request):
     lock_token: Optional[str] = None
 
 
-@dataclasses.dataclass
+@message
 class Prepare(Request):
     op: ClassVar[str] = "prepare"
     mutating: ClassVar[bool] = True
@@ -116,7 +168,7 @@ class Prepare(Request):
     lock_token: Optional[str] = None
 
 
-@dataclasses.dataclass
+@message
 class Activate(Request):
     op: ClassVar[str] = "activate"
     mutating: ClassVar[bool] = True
@@ -134,7 +186,7 @@ class Activate(Request):
     lock_token: Optional[str] = None
 
 
-@dataclasses.dataclass
+@message
 class Hooks(Request):
     op: ClassVar[str] = "hooks"
     mutating: ClassVar[bool] = True
@@ -148,7 +200,7 @@ class Hooks(Request):
     lock_token: Optional[str] = None
 
 
-@dataclasses.dataclass
+@message
 class Verify(Request):
     op: ClassVar[str] = "verify"
     deploy_to: str
@@ -159,7 +211,7 @@ class Verify(Request):
     lock_token: Optional[str] = None
 
 
-@dataclasses.dataclass
+@message
 class ResolveRollback(Request):
     op: ClassVar[str] = "resolve_rollback"
     deploy_to: str
@@ -167,7 +219,7 @@ class ResolveRollback(Request):
     lock_token: Optional[str] = None
 
 
-@dataclasses.dataclass
+@message
 class Finish(Request):
     op: ClassVar[str] = "finish"
     mutating: ClassVar[bool] = True
@@ -179,14 +231,14 @@ class Finish(Request):
     discard_release: Optional[str] = None
 
 
-@dataclasses.dataclass
+@message
 class Releases(Request):
     op: ClassVar[str] = "releases"
     deploy_to: str
     lock_token: Optional[str] = None
 
 
-@dataclasses.dataclass
+@message
 class ClearCache(Request):
     op: ClassVar[str] = "clear_cache"
     mutating: ClassVar[bool] = True
@@ -197,7 +249,7 @@ class ClearCache(Request):
     lock_token: Optional[str] = None
 
 
-@dataclasses.dataclass
+@message
 class Unlock(Request):
     op: ClassVar[str] = "unlock"
     mutating: ClassVar[bool] = True
@@ -227,8 +279,8 @@ def parse_request(wire: Dict[str, Any]) -> Request:
     return _build(cls, cls.op, body, TRANSPORT_FIELDS)  # type: ignore[no-any-return]
 
 
-@dataclasses.dataclass
-class ReleasesResult:
+@message
+class ReleasesResult(Message):
     """The `releases` op's answer (`inv releases`, and the tests' view of a host)."""
 
     op: ClassVar[str] = "releases"
@@ -237,24 +289,18 @@ class ReleasesResult:
     lock: Optional[Dict[str, Any]]
     history: list  # type: ignore[type-arg]
 
-    def to_wire(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_wire(cls, wire: Dict[str, Any]) -> "ReleasesResult":
         return _build(cls, cls.op, wire, RESULT_FIELDS)  # type: ignore[no-any-return]
 
 
-@dataclasses.dataclass
-class ResolveRollbackResult:
+@message
+class ResolveRollbackResult(Message):
     """The `resolve_rollback` op's answer: the release a rollback switches to."""
 
     op: ClassVar[str] = "resolve_rollback"
     current: Optional[str]
     target: str
-
-    def to_wire(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_wire(cls, wire: Dict[str, Any]) -> "ResolveRollbackResult":

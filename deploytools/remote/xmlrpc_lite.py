@@ -10,10 +10,11 @@ types its answers use, parsed with expat (a C parser that is already compiled in
 from __future__ import annotations
 
 import binascii
-import socket
-import time
 from typing import Any, Dict, List, Optional, Tuple
 from xml.parsers import expat
+
+from deploytools.remote import http_lite
+from deploytools.remote.http_lite import ResponseError
 
 _RESPONSE_LIMIT = 64 * 1024 * 1024  # a sane bound: supervisord's answers are kilobytes
 # XML 1.0 forbids these characters even as references, yet supervisord sends log tails
@@ -36,10 +37,6 @@ class Fault(Exception):
 
     def __str__(self) -> str:
         return "<Fault %s: %r>" % (self.faultCode, self.faultString)
-
-
-class ResponseError(Exception):
-    """The answer was not a well-formed HTTP 200 XML-RPC response."""
 
 
 def _escape(text: str) -> str:
@@ -180,84 +177,6 @@ def loads_response(body: bytes) -> Any:
     return stack[0]
 
 
-def _connect(url: str, deadline: float) -> socket.socket:
-    """A connected socket to `unix://PATH` or `http://HOST[:PORT]` (errors are OSError:
-    a PermissionError on the unix socket stays one, for supervisor.connect)."""
-    timeout = max(deadline - time.monotonic(), 0.001)
-    if url.startswith("unix://"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(url[len("unix://"):])
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    hostport = url.split("://", 1)[-1].split("/", 1)[0]
-    host, port = hostport, 80
-    if not hostport.endswith("]") and ":" in hostport:  # not a bare [v6] address
-        host, _, text = hostport.rpartition(":")
-        port = int(text) if text else 80
-    return socket.create_connection((host.strip("[]"), port), timeout)
-
-
-def _expected_size(raw: bytearray) -> Optional[int]:
-    """How long the whole response is, once its headers are in and give a Content-Length
-    (None while unknown: read on, to EOF if need be)."""
-    end = raw.find(b"\r\n\r\n")
-    for line in raw[:end].split(b"\r\n")[1:] if end >= 0 else ():
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            return end + 4 + int(value)
-    return None
-
-
-def _read_response(sock: socket.socket, deadline: float) -> bytes:
-    """Up to EOF, or up to the end of a Content-Length body: a server that keeps the
-    connection open despite `Connection: close` costs no timeout."""
-    raw = bytearray()
-    expected: Optional[int] = None
-    while expected is None or len(raw) < expected:
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        raw += chunk
-        if len(raw) > _RESPONSE_LIMIT:
-            raise ResponseError("response larger than %d bytes" % _RESPONSE_LIMIT)
-        if expected is None:
-            expected = _expected_size(raw)
-    return bytes(raw)
-
-
-def parse_http(raw: bytes) -> bytes:
-    """The body of a complete HTTP response; status != 200 or a short body is an error."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        raise ResponseError("incomplete HTTP response (%d bytes)" % len(raw))
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ResponseError("bad HTTP status line %r" % lines[0][:100])
-    if parts[1] != "200":
-        raise ResponseError("HTTP status %s %s" % (parts[1], parts[2] if len(parts) > 2 else ""))
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding", "identity").lower() != "identity":
-        raise ResponseError("unsupported Transfer-Encoding %r" % headers["transfer-encoding"])
-    if "content-length" in headers:
-        try:
-            length = int(headers["content-length"])
-        except ValueError:
-            raise ResponseError("bad Content-Length %r" % headers["content-length"]) from None
-        if len(body) < length:
-            raise ResponseError("truncated response: %d of %d bytes" % (len(body), length))
-        body = body[:length]
-    return body
-
-
 class ServerProxy:
     """Calls methods of one XML-RPC server: one HTTP/1.0 POST per call and connection
     (HTTP/1.0 so that no server answers chunked; supervisord closes after answering)."""
@@ -285,11 +204,9 @@ class ServerProxy:
         `timeout` bounds the whole call, not each read)."""
         body = dumps_call(method, params)
         request = (self._head + "Content-Length: %d\r\n\r\n" % len(body)).encode("latin-1")
-        deadline = time.monotonic() + self.timeout
-        sock = _connect(self.url, deadline)
-        try:
-            sock.sendall(request + body)
-            raw = _read_response(sock, deadline)
-        finally:
-            sock.close()
-        return loads_response(parse_http(raw))
+        response = http_lite.exchange(self.url, request + body, self.timeout, _RESPONSE_LIMIT)
+        if response.status != 200:
+            raise ResponseError("HTTP status %d %s" % (response.status, response.reason))
+        if len(response.body) >= _RESPONSE_LIMIT:
+            raise ResponseError("response larger than %d bytes" % _RESPONSE_LIMIT)
+        return loads_response(response.body)

@@ -4,7 +4,6 @@ strictly on both ends; these tests keep it that way."""
 from __future__ import annotations
 
 import ast
-import dataclasses
 import json
 import os
 import subprocess
@@ -93,7 +92,7 @@ def test_controller_side_rejects_unknown_and_missing_fields(result: Any) -> None
     wire = result.to_wire()
     with pytest.raises(protocol.ProtocolError, match=f"{result.op}: unknown field 'bogus'"):
         type(result).from_wire(dict(wire, bogus=1))
-    first = dataclasses.fields(result)[0].name
+    first = result.FIELDS[0]
     with pytest.raises(protocol.ProtocolError, match=f"{result.op}: missing required field"):
         type(result).from_wire({k: v for k, v in wire.items() if k != first})
 
@@ -108,7 +107,7 @@ def test_agent_answers_a_bad_request_with_a_protocol_error(
 
 # --------------------------------------------------------------- spelled once
 
-FIELD_NAMES = {f.name for cls in protocol.REQUESTS.values() for f in dataclasses.fields(cls)}
+FIELD_NAMES = {name for cls in protocol.REQUESTS.values() for name in cls.FIELDS}
 REQUEST_NAMES = {"req", "request", "request_", "wire"}
 
 
