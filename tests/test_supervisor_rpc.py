@@ -42,6 +42,7 @@ def supervisord(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         "[program:tiny]", "command=sleep 600", "autostart=false", "startsecs=0",
         "stopwaitsecs=2", f"stderr_logfile={root / 'tiny.err'}",
         f"stdout_logfile={root / 'tiny.out'}", "",
+        "[program:slow]", "command=sleep 600", "autostart=false", "startsecs=2", "",
     ]), encoding="utf-8")
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervisor.supervisord", "-n", "-c",
@@ -83,7 +84,7 @@ def test_calls_start_stop_and_faults(supervisord: dict[str, str], kind: str) -> 
     sup = client(supervisord, kind)
     assert sup.ping() == "RUNNING"
     assert sup.pid() > 0
-    assert [(i["group"], i["name"]) for i in sup.all_info()] == [("tiny", "tiny")]
+    assert [(i["group"], i["name"]) for i in sup.all_info()] == [("slow", "slow"), ("tiny", "tiny")]
     assert sup.expand(["tiny"]) == ["tiny:tiny"]
     running = sup.start_all(["tiny:tiny"], timeout=10)
     assert running["tiny:tiny"]["pid"] > 0
@@ -107,3 +108,12 @@ def test_wrong_password_is_an_error_without_the_password(supervisord: dict[str, 
     assert "401" in message and "wrong-secret" not in message
     with pytest.raises(SupervisorError, match="401"):
         Supervisor({"serverurl": supervisord["inet"]}).ping()  # no credentials at all
+
+
+def test_startsecs_read_from_supervisord(supervisord: dict[str, str]) -> None:
+    """What start_all waits quietly for: the shortest startsecs of the programs; 0 when
+    one is unknown."""
+    client = Supervisor({"serverurl": supervisord["unix"]}, timeout=5)
+    assert client.startsecs(["slow:slow"]) == 2
+    assert client.startsecs(["slow:slow", "tiny:tiny"]) == 0
+    assert client.startsecs(["slow:slow", "nope:nope"]) == 0
