@@ -129,17 +129,18 @@ def _shipped_files(layout: Layout, release_id: str, manifest: Optional[Dict[str,
     are the release's own (not links into shared/)."""
     if manifest is None:
         manifest = layout.manifest(release_id) or {}
-    root = layout.release(release_id)
+    root = layout.release(release_id).rstrip("/") + "/"
     shared = tuple(manifest.get("shared_paths") or [])
+    lstat, is_regular = os.lstat, stat.S_ISREG  # a loop over every file of the app
     for rel, digest in (manifest.get("files") or {}).items():
-        if digest.startswith("symlink:") or in_shared(rel, shared):
+        if digest.startswith("symlink:") or (shared and in_shared(rel, shared)):
             continue
-        path = os.path.join(root, rel)
+        path = root + rel  # manifest paths are relative and normalised
         try:
-            info = os.lstat(path)
+            info = lstat(path)
         except OSError:
             continue
-        if stat.S_ISREG(info.st_mode):
+        if is_regular(info.st_mode):
             yield rel, digest, path, info
 
 
