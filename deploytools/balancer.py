@@ -220,13 +220,12 @@ class ViaRuntime:
         where = f"runtime API {self.address} via {self.host.name}"
         with self._lock:
             try:
-                channel = self._open_channel()
-                channel.settimeout(SOCKET_TIMEOUT + 5)
-                channel.exec_command(line)
-                out = channel.makefile("rb").read().decode("utf-8", "replace")
-                status = channel.recv_exit_status()
-                err = channel.makefile_stderr("rb").read().decode("utf-8", "replace")
-                channel.close()
+                with self._open_channel() as channel:  # closed however the command ends
+                    channel.settimeout(SOCKET_TIMEOUT + 5)
+                    channel.exec_command(line)
+                    out = channel.makefile("rb").read().decode("utf-8", "replace")
+                    status = channel.recv_exit_status()
+                    err = channel.makefile_stderr("rb").read().decode("utf-8", "replace")
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 raise BalancerError(self.host.name, f"{where}: {exc}") from None
         if status != 0:
